@@ -1,0 +1,1 @@
+"""Subcommands of the ``cbctqa`` command line, one module each."""

@@ -1,0 +1,79 @@
+"""Typed settings, read from ``CBCTQA_*`` environment variables.
+
+Each field is documented; a bad value fails loudly with the variable's name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from qa_core.errors import ConfigurationError
+
+__all__ = ["Settings", "get_settings"]
+
+
+class Settings(BaseSettings):
+    """Runtime settings of the CBCT QA monitor (environment prefix ``CBCTQA_``)."""
+
+    model_config = SettingsConfigDict(env_prefix="CBCTQA_", extra="ignore", frozen=True)
+
+    max_slices: int = Field(2048, ge=1)
+    """Largest number of slices ``load_series`` accepts (guards memory against hostile input)."""
+
+    max_pixels: int = Field(1024 * 1024, ge=1)
+    """Largest rows x columns per slice ``load_series`` accepts."""
+
+    spacing_tolerance: float = Field(0.05, gt=0, lt=1)
+    """Relative tolerance on slice spacing before a series counts as non-uniform."""
+
+    data_dir: Path = Path("~/.cbctqa").expanduser()
+    """Where the product keeps its state (SQLite databases, downloads, caches)."""
+
+    model_path: Path | None = None
+    """Checkpoint to score with; ``None`` uses the shipped default model."""
+
+    device: str = "auto"
+    """Torch device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda[:N]``."""
+
+    batch_size: int = Field(16, ge=1, le=4096)
+    """Slices per batch for prediction and Grad-CAM."""
+
+    cam_method: str = "gradcam"
+    """Default CAM method: gradcam, gradcam++, xgradcam, hirescam or layercam."""
+
+    log_level: str = "INFO"
+    """Logging level name (DEBUG, INFO, WARNING, ERROR)."""
+
+    database_url: str | None = None
+    """Production mode: PostgreSQL URL for the local XNAT-compatible server; ``None`` = SQLite."""
+
+    @field_validator("log_level")
+    @classmethod
+    def _level_known(cls, v: str) -> str:
+        v = v.upper()
+        if v not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _device_known(cls, v: str) -> str:
+        if v not in {"auto", "cpu"} and not v.startswith("cuda"):
+            raise ValueError("must be 'auto', 'cpu' or 'cuda[:N]'")
+        return v
+
+
+def get_settings() -> Settings:
+    """Read settings from the environment, converting validation failures to
+    :class:`~qa_core.errors.ConfigurationError` naming the variable."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        parts = []
+        for err in exc.errors():
+            name = "CBCTQA_" + str(err["loc"][0]).upper() if err["loc"] else "CBCTQA_*"
+            parts.append(f"{name}: {err['msg']}")
+        raise ConfigurationError("invalid setting(s): " + "; ".join(parts)) from exc
