@@ -13,6 +13,7 @@ __all__ = [
     "CbctQaError",
     "ConfigurationError",
     "DicomError",
+    "DicomWriteError",
     "DuplicateSliceError",
     "EmptyInputError",
     "InputTooLargeError",
@@ -115,3 +116,7 @@ class AttributionError(CbctQaError, RuntimeError):
 
 class StatisticsError(CbctQaError, ValueError):
     """Statistical inputs are invalid (too few volumes, mismatched lengths, bad table)."""
+
+
+class DicomWriteError(CbctQaError, ValueError):
+    """A volume cannot be written as a DICOM series (bad shape, spacing, HU range, syntax)."""
