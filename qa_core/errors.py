@@ -20,6 +20,7 @@ __all__ = [
     "MissingSlicesError",
     "MixedMatrixError",
     "ModelContractError",
+    "ModelNotFoundError",
     "MultipleSeriesError",
     "NoPixelDataError",
     "NonUniformSpacingError",
@@ -120,3 +121,7 @@ class StatisticsError(CbctQaError, ValueError):
 
 class DicomWriteError(CbctQaError, ValueError):
     """A volume cannot be written as a DICOM series (bad shape, spacing, HU range, syntax)."""
+
+
+class ModelNotFoundError(ModelContractError, FileNotFoundError):
+    """A model checkpoint file does not exist."""
