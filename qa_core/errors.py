@@ -27,10 +27,12 @@ __all__ = [
     "NotCTError",
     "NotDicomError",
     "ObliqueOrientationError",
+    "SeriesNotFoundError",
     "StatisticsError",
     "SynthesisError",
     "TrainingError",
     "TruncatedFileError",
+    "UnknownSchemaError",
     "UnsupportedTransferSyntaxError",
 ]
 
@@ -125,3 +127,11 @@ class DicomWriteError(CbctQaError, ValueError):
 
 class ModelNotFoundError(ModelContractError, FileNotFoundError):
     """A model checkpoint file does not exist."""
+
+
+class UnknownSchemaError(CbctQaError, LookupError):
+    """An XNAT schema name is not one the plugin ships (see ``xnat_plugin.schema.SCHEMA_NAMES``)."""
+
+
+class SeriesNotFoundError(DicomError, LookupError):
+    """The series asked for (by SeriesInstanceUID) is not in the input."""
