@@ -60,7 +60,9 @@ def _ds_str(value: float) -> str:
     return text
 
 
-def _choose_storage(hu: npt.NDArray[np.floating], out_dir: Path) -> tuple[np.dtype[np.integer], int]:
+def _choose_storage(
+    hu: npt.NDArray[np.floating], out_dir: Path
+) -> tuple[np.dtype[np.integer], int]:
     """Pick uint16/int16 stored values so every HU value is representable after rounding."""
     if not np.all(np.isfinite(hu)):
         raise DicomWriteError(
@@ -248,7 +250,9 @@ def write_series(
         ds.RescaleSlope = _ds_str(RESCALE_SLOPE)
         ds.RescaleType = "HU"
         # Little-endian bytes; PixelData VR OW for 16-bit uncompressed data.
-        ds.PixelData = np.ascontiguousarray(stored[index]).astype(stored_dtype.newbyteorder("<")).tobytes()
+        ds.PixelData = (
+            np.ascontiguousarray(stored[index]).astype(stored_dtype.newbyteorder("<")).tobytes()
+        )
         ds["PixelData"].VR = "OW"
         if ts not in _UNCOMPRESSED:
             try:
