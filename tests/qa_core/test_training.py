@@ -1,0 +1,176 @@
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from scipy import stats
+
+from qa_core.categories import CATEGORIES
+from qa_core.errors import TrainingError
+from qa_core.model import LikertCNN
+from qa_core.training import (
+    TrainingConfig,
+    VolumeSamples,
+    evaluate_samples,
+    make_samples,
+    split_volumes,
+    train_model,
+)
+from qa_core.volume import Volume
+
+TINY = TrainingConfig(epochs=2, seed=3, batch_size=8, widths=(4, 4, 8, 8), hidden=4, patience=2)
+
+
+def _cohort(n: int = 6, slices: int = 3, seed: int = 0) -> list[VolumeSamples]:
+    """Volumes whose noise level follows their 'overall' score (lower score, more noise)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for i in range(n):
+        q = 1.0 + 4.0 * rng.random(len(CATEGORIES))
+        hu = rng.normal(0.0, 20.0 + 60.0 * (5.0 - q[-1]), size=(slices, 64, 64)).astype(np.float32)
+        out.append(make_samples(f"s{i:02d}", Volume(hu=hu, spacing=(2.0, 1.0, 1.0)), dict(zip(CATEGORIES, q, strict=True))))
+    return out
+
+
+# --- split -------------------------------------------------------------------------------
+
+
+def test_split_is_disjoint_complete_and_seeded() -> None:
+    labels = [f"v{i}" for i in range(20)]
+    train, val = split_volumes(labels, val_fraction=0.25, seed=7)
+    assert not set(train) & set(val)
+    assert sorted(train + val) == sorted(labels)
+    assert len(val) == 5
+    assert split_volumes(labels, val_fraction=0.25, seed=7) == (train, val)
+    assert split_volumes(labels, val_fraction=0.25, seed=8) != (train, val)
+    # input order does not matter
+    assert split_volumes(list(reversed(labels)), val_fraction=0.25, seed=7) == (train, val)
+
+
+def test_split_keeps_two_validation_and_one_training_volume() -> None:
+    train, val = split_volumes(["a", "b", "c"], val_fraction=0.01, seed=0)
+    assert len(val) == 2 and len(train) == 1
+    train, val = split_volumes(["a", "b", "c"], val_fraction=0.99, seed=0)
+    assert len(val) == 2 and len(train) == 1
+
+
+@pytest.mark.parametrize(
+    ("labels", "fraction", "match"),
+    [
+        (["a", "b"], 0.5, "at least 3 volumes"),
+        (["a", "a", "b"], 0.5, "unique"),
+        (["a", "b", "c"], 0.0, "val_fraction"),
+        (["a", "b", "c"], 1.0, "val_fraction"),
+    ],
+)
+def test_split_errors(labels: list[str], fraction: float, match: str) -> None:
+    with pytest.raises(TrainingError, match=match):
+        split_volumes(labels, val_fraction=fraction, seed=0)
+
+
+# --- samples -------------------------------------------------------------------------------
+
+
+def test_make_samples_labels_every_slice_in_category_order() -> None:
+    vol = Volume(hu=np.zeros((4, 32, 32), np.float32), spacing=(2.0, 1.0, 1.0))
+    cons = {c: float(i + 1) for i, c in enumerate(CATEGORIES)}
+    s = make_samples("x", vol, cons)
+    assert s.slices.shape == (4, 1, 128, 128)
+    assert s.consensus == (1.0, 2.0, 3.0, 4.0, 5.0)
+
+
+def test_make_samples_and_volume_samples_errors() -> None:
+    vol = Volume(hu=np.zeros((1, 8, 8), np.float32), spacing=(2.0, 1.0, 1.0))
+    with pytest.raises(TrainingError, match=r"session x: consensus lacks categories \['overall'\]"):
+        make_samples("x", vol, {c: 3.0 for c in CATEGORIES[:-1]})
+    with pytest.raises(TrainingError, match=r"session y: consensus must be"):
+        make_samples("y", vol, {c: 6.0 for c in CATEGORIES})
+    with pytest.raises(TrainingError, match=r"session z: slices must be"):
+        VolumeSamples("z", torch.zeros(2, 1, 64, 64), (3.0,) * 5)
+
+
+def test_training_config_errors() -> None:
+    with pytest.raises(TrainingError, match=r"epochs must be >= 1.*batch_size must be >= 1"):
+        TrainingConfig(epochs=0, batch_size=0)
+
+
+# --- evaluation ------------------------------------------------------------------------------
+
+
+def test_evaluate_constant_model_known_answer() -> None:
+    model = LikertCNN(widths=(4, 4, 8, 8), hidden=4)
+    with torch.no_grad():
+        model.head.w2.zero_()
+        model.head.b2.zero_()  # output 1 + 4 * sigmoid(0) = 3 for every slice and category
+    samples = _cohort(4, slices=2)
+    report = evaluate_samples(model, samples, device="cpu")
+    for k, m in enumerate(report.metrics):
+        assert m.category == CATEGORIES[k] and m.n_volumes == 4
+        assert m.mae == pytest.approx(np.mean([abs(3.0 - s.consensus[k]) for s in samples]), abs=1e-6)
+        assert math.isnan(m.spearman_rho) and m.warning == "constant predictions"
+    assert report.as_dict()["metrics"]["parotid"]["spearman_rho"] is None
+
+
+def test_evaluate_matches_scipy_on_volume_means() -> None:
+    model = LikertCNN(widths=(4, 4, 8, 8), hidden=4).eval()
+    samples = _cohort(5, slices=3)
+    report = evaluate_samples(model, samples, device="cpu")
+    with torch.no_grad():
+        means = np.stack([model(s.slices).mean(0).numpy() for s in samples])
+    cons = np.array([s.consensus for s in samples])
+    for k, m in enumerate(report.metrics):
+        ref = stats.spearmanr(means[:, k], cons[:, k])
+        assert m.spearman_rho == pytest.approx(ref.statistic)
+        assert m.spearman_p == pytest.approx(ref.pvalue)
+        assert m.mae == pytest.approx(np.abs(means[:, k] - cons[:, k]).mean(), rel=1e-5)
+    assert "parotid" in report.table()
+
+
+def test_evaluate_needs_two_volumes() -> None:
+    with pytest.raises(TrainingError, match="at least 2 volumes"):
+        evaluate_samples(LikertCNN(widths=(4, 4, 8, 8), hidden=4), _cohort(1), device="cpu")
+
+
+# --- training ----------------------------------------------------------------------------------
+
+
+def test_training_is_reproducible_and_seed_dependent() -> None:
+    samples = _cohort()
+    state_before = torch.random.get_rng_state()
+    a = train_model(samples, TINY, device="cpu", progress=False)
+    assert torch.equal(torch.random.get_rng_state(), state_before)  # global RNG untouched
+    b = train_model(samples, TINY, device="cpu", progress=False)
+    sa, sb = a.model.state_dict(), b.model.state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    assert a.history == b.history
+    c = train_model(samples, TrainingConfig(**{**TINY.__dict__, "seed": 4}), device="cpu", progress=False)
+    assert not all(torch.equal(sa[k], c.model.state_dict()[k]) for k in sa)
+
+
+def test_training_split_volume_level_and_best_epoch_kept() -> None:
+    samples = _cohort()
+    cfg = TrainingConfig(**{**TINY.__dict__, "epochs": 3, "augment": False})
+    r = train_model(samples, cfg, device="cpu", progress=False)
+    assert not set(r.train_labels) & set(r.val_labels)
+    assert sorted(r.train_labels + r.val_labels) == [s.label for s in samples]
+    assert [m.n_volumes for m in r.validation.metrics] == [len(r.val_labels)] * 5
+    assert set(r.validation.predictions) == set(r.val_labels)
+    assert not r.model.training
+    # the kept weights are those of the epoch with the lowest validation loss
+    losses = [h["val_loss"] for h in r.history]
+    assert r.best_epoch == int(np.argmin(losses)) + 1
+    by_label = {s.label: s for s in samples}
+    x = torch.cat([by_label[k].slices for k in r.val_labels])
+    y = torch.cat([torch.tensor(by_label[k].consensus).expand(by_label[k].slices.shape[0], -1) for k in r.val_labels])
+    with torch.no_grad():
+        val_loss = float(F.smooth_l1_loss(r.model(x), y, beta=0.5))
+    assert val_loss == pytest.approx(min(losses), rel=1e-5)
+
+
+def test_train_model_rejects_duplicate_labels() -> None:
+    s = _cohort(3)
+    with pytest.raises(TrainingError, match="unique"):
+        train_model([*s, s[0]], TINY, device="cpu", progress=False)
