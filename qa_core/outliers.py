@@ -1,0 +1,444 @@
+"""Atypical-attribution detection: which volumes' Attribution Energy does not fit the cohort.
+
+Two independent criteria, each reported with its reason and its numbers:
+
+1. **AE residual from a monotone trend on consensus.** AE is expected to *increase* with the
+   consensus Likert score (the study found positive Spearman ρ in every category: better
+   images carry more attribution energy), so AE is regressed on consensus with a
+   non-decreasing isotonic fit (pool-adjacent-violators, :func:`scipy.optimize.isotonic_regression`).
+   The residual ``e = AE - fit`` (AE units, unnormalised Grad-CAM sum) is converted to a
+   robust z score (Iglewicz & Hoaglin 1993)::
+
+       z = 0.6745 * (e - median(e)) / MAD,     MAD = median(|e - median(e)|)
+
+   and ``|z| > 3.5`` is flagged. ``0.6745 = Φ⁻¹(0.75)`` makes ``z`` a standard normal
+   deviate for Gaussian residuals. Larger ``|z|`` is more atypical; positive means more AE
+   than volumes of the same consensus, negative less.
+
+2. **Influence on the cohort's Spearman ρ.** ``Δρ_i = ρ_full - ρ_without_i`` (from the
+   leave-one-out subsets of the study's protocol). A volume is flagged when the robust z of
+   its ``Δρ_i`` among the cohort exceeds the same cut-off *and* ``|Δρ_i|`` is at least
+   ``min_abs_delta_rho`` (default 0.05: smaller changes are below the two-decimal precision
+   at which ρ is reported, so flagging them would be noise). ``Δρ_i > 0``: the volume
+   supports the association (removing it lowers ρ); ``Δρ_i < 0``: the volume goes against it.
+
+**MAD = 0.** An isotonic fit reproduces every volume that does not violate monotonicity
+exactly, so more than half of the residuals can be exactly 0 and MAD = 0. Then the scale
+falls back to ``1.253314 × mean(|e - median(e)|)`` (Iglewicz & Hoaglin; ``1.253314 = √(π/2)``
+makes it a consistent estimator of σ for Gaussian data, as ``MAD/0.6745`` is), and the
+result says so in ``method`` and ``warnings``. If every value equals the median (no spread
+at all), every z is 0 by definition and no volume can be flagged; this is also stated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+import numpy as np
+import numpy.typing as npt
+from scipy.optimize import isotonic_regression
+
+from qa_core.errors import StatisticsError
+
+__all__ = [
+    "MAD_TO_Z",
+    "MEANAD_TO_SIGMA",
+    "MIN_ABS_DELTA_RHO",
+    "Z_CUTOFF",
+    "OutlierFlag",
+    "OutlierReport",
+    "RobustZ",
+    "detect_outliers",
+    "isotonic_fit",
+    "robust_z",
+]
+
+#: Φ⁻¹(0.75): turns MAD into a standard-normal scale (Iglewicz & Hoaglin 1993).
+MAD_TO_Z: Final[float] = 0.6745
+#: √(π/2): turns the mean absolute deviation into a standard-normal scale (MAD = 0 fallback).
+MEANAD_TO_SIGMA: Final[float] = 1.253314
+#: Robust-z cut-off above which a volume is flagged (Iglewicz & Hoaglin's recommendation).
+Z_CUTOFF: Final[float] = 3.5
+#: Smallest |Δρ_i| that can be flagged as influential (ρ is reported to two decimals).
+MIN_ABS_DELTA_RHO: Final[float] = 0.05
+
+ScaleMethod = Literal["mad", "meanad", "none"]
+FlagKind = Literal["ae_residual", "influence"]
+
+
+@dataclass(frozen=True)
+class RobustZ:
+    """Robust z scores of a vector.
+
+    Attributes
+    ----------
+    z:
+        (n,) float64, read-only. ``(v - median) / scale``; 0 where ``method == "none"``.
+    median:
+        Median of the values (same unit as the values).
+    scale:
+        The σ estimate used: ``MAD / 0.6745`` (``method="mad"``), ``1.253314 × meanAD``
+        (``"meanad"``, when MAD = 0) or 0.0 (``"none"``: all values equal).
+    method:
+        Which scale was used, see above.
+    warnings:
+        Human-readable notes (the MAD = 0 fallback, no spread).
+    """
+
+    z: npt.NDArray[np.float64]
+    median: float
+    scale: float
+    method: ScaleMethod
+    warnings: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class OutlierFlag:
+    """One reason why one volume is atypical.
+
+    Attributes
+    ----------
+    session:
+        Session (volume) identifier.
+    kind:
+        ``"ae_residual"`` (AE off the isotonic trend) or ``"influence"`` (large |Δρ_i|).
+    reason:
+        One sentence saying what is atypical, with the numbers.
+    robust_z:
+        The robust z of the criterion that fired (residual z or Δρ z).
+    ae, consensus, fitted, residual:
+        The volume's AE, consensus (Likert 1-5), isotonic trend value at its consensus, and
+        ``ae - fitted`` (AE units).
+    residual_z:
+        Robust z of the AE residual (whichever criterion fired).
+    delta_rho:
+        ``ρ_full - ρ_without_this_volume``; NaN when no influence values were given or the
+        leave-one-out ρ is undefined.
+    """
+
+    session: str
+    kind: FlagKind
+    reason: str
+    robust_z: float
+    ae: float
+    consensus: float
+    fitted: float
+    residual: float
+    residual_z: float
+    delta_rho: float
+
+    def to_dict(self) -> dict[str, object]:
+        """JSON-ready mapping (NaN as ``None``)."""
+        out: dict[str, object] = {}
+        for key, value in self.__dict__.items():
+            out[key] = None if isinstance(value, float) and not math.isfinite(value) else value
+        return out
+
+
+@dataclass(frozen=True)
+class OutlierReport:
+    """Outlier analysis of one category.
+
+    Attributes
+    ----------
+    sessions:
+        Session identifiers, in input order.
+    increasing:
+        Direction of the isotonic fit (True: AE non-decreasing in consensus).
+    fitted, residuals:
+        (n,) float64, read-only: isotonic trend at each volume's consensus and ``ae - fitted``.
+    residual_z:
+        Robust z of the residuals.
+    influence_z:
+        Robust z of Δρ_i, or ``None`` when no influence values were given.
+    flags:
+        Every flag, ordered by session input order then kind.
+    z_cutoff, min_abs_delta_rho:
+        The thresholds used.
+    warnings:
+        Notes on the analysis (MAD fallbacks, direction disagreeing with the data).
+    """
+
+    sessions: tuple[str, ...]
+    increasing: bool
+    fitted: npt.NDArray[np.float64]
+    residuals: npt.NDArray[np.float64]
+    residual_z: RobustZ
+    influence_z: RobustZ | None
+    flags: tuple[OutlierFlag, ...]
+    z_cutoff: float
+    min_abs_delta_rho: float
+    warnings: tuple[str, ...] = ()
+
+    @property
+    def flagged_sessions(self) -> tuple[str, ...]:
+        """Sessions with at least one flag, in input order, without repeats."""
+        return tuple(dict.fromkeys(f.session for f in self.flags))
+
+
+def _vector(values: npt.ArrayLike, name: str, *, allow_nan: bool = False) -> npt.NDArray[np.float64]:
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise StatisticsError(f"{name} must be numeric; could not convert it to float64 ({exc})") from exc
+    if arr.ndim != 1:
+        raise StatisticsError(f"{name} must be a 1-D vector (one value per volume); got shape {arr.shape}")
+    bad = np.flatnonzero(~np.isfinite(arr)) if not allow_nan else np.flatnonzero(np.isinf(arr))
+    if bad.size:
+        raise StatisticsError(
+            f"{name} has non-finite values (NaN or inf) at positions {bad.tolist()}; "
+            "remove those volumes or fill in the values"
+        )
+    return arr
+
+
+def _readonly(arr: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    arr = np.array(arr, dtype=np.float64, copy=True)
+    arr.setflags(write=False)
+    return arr
+
+
+def robust_z(values: npt.ArrayLike, *, name: str = "values") -> RobustZ:
+    """Robust z scores ``0.6745 (v - median) / MAD`` with a guarded MAD = 0 fallback.
+
+    Parameters
+    ----------
+    values:
+        (n,) finite numbers, n >= 1 (any unit; z is unitless).
+    name:
+        What the values are, for error messages.
+
+    Returns
+    -------
+    RobustZ
+        ``method="mad"`` normally; ``"meanad"`` when MAD = 0 (scale ``1.253314 × mean|v -
+        median|``); ``"none"`` with all z = 0 when every value equals the median.
+
+    Raises
+    ------
+    StatisticsError
+        Empty input, non-finite values, not 1-D.
+
+    Examples
+    --------
+    >>> r = robust_z([1.0, 2.0, 3.0, 4.0, 100.0])
+    >>> r.method, round(float(r.z[-1]), 2)
+    ('mad', 65.43)
+    """
+    v = _vector(values, name)
+    if v.size == 0:
+        raise StatisticsError(f"{name} is empty; robust z needs at least one value")
+    med = float(np.median(v))
+    dev = v - med
+    tol = 1e-12 * max(float(np.max(np.abs(v))), 1e-300)
+    mad = float(np.median(np.abs(dev)))
+    if mad > tol:
+        scale = mad / MAD_TO_Z
+        return RobustZ(_readonly(dev / scale), med, scale, "mad")
+    mean_ad = float(np.mean(np.abs(dev)))
+    if mean_ad > tol:
+        scale = MEANAD_TO_SIGMA * mean_ad
+        note = (
+            f"MAD of {name} is 0 (at least half the values equal the median {med:.6g}); "
+            f"scale is 1.253314 × mean absolute deviation from the median = {scale:.6g} instead"
+        )
+        return RobustZ(_readonly(dev / scale), med, scale, "meanad", (note,))
+    note = f"all {name} equal {med:.6g}: no spread, every robust z is 0 and nothing can be flagged"
+    return RobustZ(_readonly(np.zeros_like(v)), med, 0.0, "none", (note,))
+
+
+def isotonic_fit(
+    consensus: npt.ArrayLike, ae: npt.ArrayLike, *, increasing: bool = True
+) -> npt.NDArray[np.float64]:
+    """Least-squares monotone fit of AE as a function of consensus.
+
+    Volumes with the same consensus share one fitted value: AE is first averaged within each
+    distinct consensus level (weights = number of volumes), then pool-adjacent-violators
+    runs over the levels in increasing consensus order.
+
+    Parameters
+    ----------
+    consensus:
+        (n,) consensus Likert scores (1-5, may be fractional and tied).
+    ae:
+        (n,) Attribution Energy of the same volumes.
+    increasing:
+        True (default): AE non-decreasing in consensus, the study's direction.
+
+    Returns
+    -------
+    numpy.ndarray
+        (n,) float64 fitted AE at each volume's consensus, in input order.
+
+    Raises
+    ------
+    StatisticsError
+        Lengths differ, empty, or non-finite values.
+
+    Examples
+    --------
+    >>> isotonic_fit([1, 2, 3, 4], [1.0, 3.0, 2.0, 4.0]).tolist()
+    [1.0, 2.5, 2.5, 4.0]
+    """
+    c = _vector(consensus, "consensus")
+    a = _vector(ae, "ae")
+    if c.size != a.size:
+        raise StatisticsError(f"consensus has {c.size} values but ae has {a.size}; give one of each per volume")
+    if c.size == 0:
+        raise StatisticsError("isotonic fit needs at least one volume; got none")
+    levels, inverse, counts = np.unique(c, return_inverse=True, return_counts=True)
+    sums = np.bincount(inverse, weights=a, minlength=levels.size)
+    means = sums / counts
+    fit = isotonic_regression(means, weights=counts.astype(np.float64), increasing=increasing).x
+    return np.asarray(fit, dtype=np.float64)[inverse]
+
+
+def detect_outliers(
+    sessions: Sequence[str],
+    ae: npt.ArrayLike,
+    consensus: npt.ArrayLike,
+    *,
+    delta_rho: npt.ArrayLike | None = None,
+    rho: float | None = None,
+    increasing: bool = True,
+    z_cutoff: float = Z_CUTOFF,
+    min_abs_delta_rho: float = MIN_ABS_DELTA_RHO,
+) -> OutlierReport:
+    """Flag volumes whose AE is off the monotone trend on consensus, or that sway ρ.
+
+    Parameters
+    ----------
+    sessions:
+        (n,) unique session identifiers.
+    ae:
+        (n,) Attribution Energy (>= 0, unnormalised Grad-CAM sum).
+    consensus:
+        (n,) consensus Likert scores, 1-5.
+    delta_rho:
+        Optional (n,) influence ``Δρ_i = ρ_full - ρ_without_i``; NaN entries (undefined
+        leave-one-out ρ) are never flagged and are left out of the robust scale.
+    rho:
+        Full-sample ρ, used only to word the influence reasons (``ρ a → b``).
+    increasing:
+        Direction of the isotonic fit; True is the study's (AE rises with quality).
+    z_cutoff:
+        ``|robust z|`` above which a volume is flagged (default 3.5).
+    min_abs_delta_rho:
+        Smallest ``|Δρ_i|`` that may be flagged (default 0.05).
+
+    Returns
+    -------
+    OutlierReport
+
+    Raises
+    ------
+    StatisticsError
+        Mismatched lengths, fewer than 3 volumes, duplicate or empty sessions, non-finite AE or
+        consensus, a non-positive cut-off.
+    """
+    ids = [str(s) for s in sessions]
+    a = _vector(ae, "ae")
+    c = _vector(consensus, "consensus")
+    n = len(ids)
+    if not (a.size == c.size == n):
+        raise StatisticsError(
+            f"outlier detection needs one session, AE and consensus per volume; got {n} sessions, "
+            f"{a.size} AE values and {c.size} consensus values"
+        )
+    if n < 3:
+        raise StatisticsError(f"outlier detection needs at least 3 volumes; got {n}")
+    if any(not s for s in ids):
+        raise StatisticsError("session identifiers must be non-empty strings")
+    dupes = sorted({s for s in ids if ids.count(s) > 1})
+    if dupes:
+        raise StatisticsError(f"duplicate session identifiers {dupes}; each volume must appear once")
+    if not (z_cutoff > 0 and math.isfinite(z_cutoff)):
+        raise StatisticsError(f"z_cutoff must be a positive finite number; got {z_cutoff}")
+    if not (min_abs_delta_rho >= 0 and math.isfinite(min_abs_delta_rho)):
+        raise StatisticsError(f"min_abs_delta_rho must be finite and >= 0; got {min_abs_delta_rho}")
+
+    warnings: list[str] = []
+    fitted = isotonic_fit(c, a, increasing=increasing)
+    resid = a - fitted
+    rz = robust_z(resid, name="AE residuals")
+    warnings.extend(rz.warnings)
+    direction = "increasing" if increasing else "decreasing"
+    # Does the data agree with the assumed direction? Compare with the opposite fit's SSE.
+    opposite = isotonic_fit(c, a, increasing=not increasing)
+    if float(np.sum((a - opposite) ** 2)) < float(np.sum(resid**2)):
+        warnings.append(
+            f"AE fits a {'decreasing' if increasing else 'increasing'} trend in consensus better than "
+            f"the assumed {direction} one; residual flags mark departures from a trend the data do not follow"
+        )
+
+    dr: npt.NDArray[np.float64] | None = None
+    iz: RobustZ | None = None
+    dz = np.full(n, np.nan)
+    if delta_rho is not None:
+        dr = _vector(delta_rho, "delta_rho", allow_nan=True)
+        if dr.size != n:
+            raise StatisticsError(f"delta_rho has {dr.size} values for {n} volumes")
+        ok = np.isfinite(dr)
+        if ok.sum() >= 1:
+            iz = robust_z(dr[ok], name="influence Δρ")
+            warnings.extend(iz.warnings)
+            dz[ok] = iz.z
+            iz = RobustZ(_readonly(dz), iz.median, iz.scale, iz.method, iz.warnings)
+        if not ok.all():
+            warnings.append(
+                f"Δρ undefined for {int((~ok).sum())} volume(s) (constant leave-one-out subset); not assessed"
+            )
+
+    flags: list[OutlierFlag] = []
+    for i, sid in enumerate(ids):
+        d_i = float(dr[i]) if dr is not None else math.nan
+        z_i = float(rz.z[i])
+
+        def make(kind: FlagKind, reason: str, z: float, i: int = i, sid: str = sid, d_i: float = d_i) -> OutlierFlag:
+            return OutlierFlag(
+                session=sid,
+                kind=kind,
+                reason=reason,
+                robust_z=z,
+                ae=float(a[i]),
+                consensus=float(c[i]),
+                fitted=float(fitted[i]),
+                residual=float(resid[i]),
+                residual_z=float(rz.z[i]),
+                delta_rho=d_i,
+            )
+
+        if abs(z_i) > z_cutoff:
+            side = "above" if z_i > 0 else "below"
+            reason = (
+                f"AE {z_i:+.1f} robust-z {side} the {direction} isotonic trend of AE on consensus "
+                f"(AE {a[i]:.4g} vs trend {fitted[i]:.4g} at consensus {c[i]:.2f}; cut-off |z| > {z_cutoff:g})"
+            )
+            flags.append(make("ae_residual", reason, z_i))
+        dz_i = float(dz[i])
+        if dr is not None and math.isfinite(dz_i) and abs(dz_i) > z_cutoff and abs(d_i) >= min_abs_delta_rho:
+            verb, role = ("lowers", "supports the association") if d_i > 0 else ("raises", "goes against the association")
+            change = f"by {abs(d_i):.2f}"
+            if rho is not None and math.isfinite(rho):
+                change += f" (ρ {rho:.2f} → {rho - d_i:.2f})"
+            reason = (
+                f"removing this volume {verb} ρ {change}: it {role}; influence robust-z {dz_i:+.1f} "
+                f"(cut-off |z| > {z_cutoff:g} and |Δρ| ≥ {min_abs_delta_rho:g})"
+            )
+            flags.append(make("influence", reason, dz_i))
+
+    return OutlierReport(
+        sessions=tuple(ids),
+        increasing=increasing,
+        fitted=_readonly(fitted),
+        residuals=_readonly(resid),
+        residual_z=rz,
+        influence_z=iz,
+        flags=tuple(flags),
+        z_cutoff=float(z_cutoff),
+        min_abs_delta_rho=float(min_abs_delta_rho),
+        warnings=tuple(warnings),
+    )
