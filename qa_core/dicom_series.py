@@ -371,7 +371,7 @@ def _read_header(src: _Source) -> _Header | None:
             stop = fp.tell()
             pixel: _PixelInfo | None = None
             pixel_known = True
-            if ts.is_deflated or not ts.is_little_endian:
+            if not ts.is_transfer_syntax or ts.is_deflated or not ts.is_little_endian:
                 pixel_known = False
             else:
                 pixel = _peek_pixel(fp, stop, ts)
@@ -899,7 +899,6 @@ def _read_fast(h: _Header, out: npt.NDArray[np.float32]) -> None:
 
 def _read_general(h: _Header, out: npt.NDArray[np.float32]) -> None:
     """Decode with pydicom's pixel handlers (compressed, other depths, big endian)."""
-    ts = h.transfer_syntax
     try:
         with h.source.opener() as fp:
             ds = pydicom.dcmread(fp)
@@ -914,19 +913,7 @@ def _read_general(h: _Header, out: npt.NDArray[np.float32]) -> None:
     try:
         arr = ds.pixel_array
     except (RuntimeError, NotImplementedError) as exc:
-        text = str(exc)
-        if (
-            "missing dependencies" in text
-            or "not supported" in text
-            or "no pixel data decoders" in text
-        ):
-            raise UnsupportedTransferSyntaxError(
-                f"{h.source.name}: pixel data in transfer syntax {ts.name} ({ts}) cannot be "
-                f"decoded with the installed handlers; install one of the packages pydicom "
-                f"names: {' '.join(text.split())} (e.g. pip install pylibjpeg pylibjpeg-libjpeg "
-                "pylibjpeg-openjpeg, or python-gdcm), or re-export uncompressed"
-            ) from exc
-        raise _decode_error(h, exc) from exc
+        raise _unsupported(h, exc) from exc
     except (ValueError, EOFError, struct.error) as exc:
         raise _decode_error(h, exc) from exc
     if arr.shape != out.shape:
@@ -935,6 +922,33 @@ def _read_general(h: _Header, out: npt.NDArray[np.float32]) -> None:
             f"{out.shape}; the header is inconsistent: re-export the series"
         )
     out[...] = apply_modality_lut(arr, ds)
+
+
+def _unsupported(h: _Header, exc: Exception) -> DicomError:
+    """Map pydicom's "no decoder" errors to :class:`UnsupportedTransferSyntaxError`.
+
+    pydicom's message lists each candidate plugin and the packages it needs (e.g.
+    ``pylibjpeg - requires pylibjpeg>=2.0 and pylibjpeg-libjpeg>=2.1``); it is quoted.
+    """
+    ts = h.transfer_syntax
+    text = " ".join(str(exc).split())
+    if not ts.is_transfer_syntax:
+        return UnsupportedTransferSyntaxError(
+            f"{h.source.name}: transfer syntax {ts} is not a DICOM transfer syntax pydicom knows "
+            "(private or corrupt); re-export the series uncompressed (Explicit VR Little Endian)"
+        )
+    if (
+        "missing dependencies" in text
+        or "not supported" in text
+        or "no pixel data decoders" in text
+    ):
+        return UnsupportedTransferSyntaxError(
+            f"{h.source.name}: pixel data compressed as {ts.name} ({ts}) and no installed "
+            f"handler decodes it. pydicom says: {text}. Fix: pip install the packages named "
+            "there (gdcm is pip's python-gdcm; e.g. pip install pylibjpeg pylibjpeg-libjpeg "
+            "pylibjpeg-openjpeg), or re-export the series uncompressed"
+        )
+    return _decode_error(h, exc)
 
 
 def _decode_error(h: _Header, exc: Exception) -> DicomError:
@@ -1042,7 +1056,7 @@ def load_series(
             break
     hu, spacing, origin = _reorient(hu, geom, warnings)
     for w in warnings:
-        logger.warning("%s: %s", scan.label, w)
+        logger.info("%s: %s", scan.label, w)
     first = headers[0]
     sop_uids = sorted(h.sop_uid for h in headers)
     provenance: dict[str, Any] = {
