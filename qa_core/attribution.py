@@ -1,0 +1,622 @@
+"""One-pass batched Grad-CAM for all five categories, and Attribution Energy (AE).
+
+For slice ``s`` and category ``k``, with target-layer activations ``A`` (C × h × w) and
+model output ``y_k``, Grad-CAM weights each channel by the spatial mean of the gradient,
+``α_kc = mean_ij ∂y_k/∂A_c,ij``, and the *raw map* is
+
+    L_ks = ReLU(Σ_c α_kc A_c)                         (h × w, not normalised, not resized)
+
+The Attribution Energy of a volume is ``AE_k = Σ_s Σ_ij L_ks(i, j)`` (arbitrary units of
+the model output times activation; **not** a quality score, and neither direction is
+"better" on its own: it is a companion to the prediction that shows how much evidence the
+target layer contributes). ``AE per voxel`` divides by the number of map cells summed
+(``N · h · w``) so volumes of different length compare.
+
+Resolution
+----------
+Maps are kept at the target layer's resolution ``h × w`` (e.g. 16 × 16 for a 128 × 128
+input and a stride-8 target layer). Bilinear upsampling by an integer factor to the
+model input ``H × W`` multiplies every sum by exactly ``(H·W)/(h·w)``
+(:attr:`AttributionResult.upsample_factor`); AE here is *always* the sum at ``h × w``.
+
+Speed
+-----
+One forward pass per slice batch serves all five categories. A forward hook on the target
+layer replaces its output by a detached copy that requires grad, and every parameter's
+``requires_grad`` is switched off for the duration, so autograd records only the layers
+*after* the target layer. The five outputs are differentiated with respect to that leaf in
+one batched backward (``is_grads_batched=True`` over one-hot ``grad_outputs``): no
+parameter gradients and no backward through the convolutions below the target.
+
+Methods
+-------
+The channel weighting is pytorch-grad-cam's own: its method classes' ``get_cam_image``
+(which calls ``get_cam_weights``) is applied to numpy float32 activations and gradients,
+batched over slices and categories, followed by ReLU exactly as its
+``compute_cam_per_layer`` does, but without its resizing and per-image min-max
+normalisation (which destroy AE). Supported: ``gradcam``, ``gradcam++``, ``xgradcam``,
+``hirescam`` and ``layercam`` (the last two are elementwise, handled in their own
+``get_cam_image`` as in pytorch-grad-cam).
+
+Caution
+-------
+With a global-average-pool → linear head, ``Σ_ij (Σ_c α_kc A_c) = y_k − b_k`` for Grad-CAM:
+before the ReLU the map's sum restates the prediction. Report ρ(AE, prediction) beside
+ρ(AE, consensus).
+"""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Final, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import torch
+from torch import nn
+
+from qa_core.categories import CATEGORIES
+from qa_core.errors import AttributionError
+from qa_core.volume import Volume
+
+__all__ = [
+    "METHODS",
+    "AttributionResult",
+    "attribute_slices",
+    "attribute_volume",
+    "attribution_mode",
+    "raw_cam",
+]
+
+log = logging.getLogger(__name__)
+
+#: Supported CAM methods (names accepted by ``method=``), mapped to pytorch-grad-cam classes.
+METHODS: Final[tuple[str, ...]] = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
+
+_CLASS_NAMES: Final[dict[str, str]] = {
+    "gradcam": "GradCAM",
+    "gradcam++": "GradCAMPlusPlus",
+    "xgradcam": "XGradCAM",
+    "hirescam": "HiResCAM",
+    "layercam": "LayerCAM",
+}
+
+FloatArray = npt.NDArray[np.float32]
+
+
+class _CamMethod(Protocol):
+    def get_cam_weights(
+        self,
+        input_tensor: Any,
+        target_layer: Any,
+        targets: Any,
+        activations: FloatArray,
+        grads: FloatArray,
+    ) -> FloatArray: ...
+
+    def get_cam_image(
+        self,
+        input_tensor: Any,
+        target_layer: Any,
+        targets: Any,
+        activations: FloatArray,
+        grads: FloatArray,
+        eigen_smooth: bool,
+    ) -> FloatArray: ...
+
+
+class _Weighting:
+    """pytorch-grad-cam's weighting for one method, batched over slices and categories.
+
+    pytorch-grad-cam's classes register hooks on a model in ``__init__``; their weighting
+    (``get_cam_weights`` / ``get_cam_image``) only needs numpy arrays. A subclass with a
+    no-op ``__init__``/``__del__`` keeps exactly that code and nothing else.
+
+    Channel-weight methods (GradCAM, GradCAM++, XGradCAM) keep pytorch-grad-cam's
+    ``BaseCAM.get_cam_image``, i.e. ``Σ_c w_c A_c``: we call their ``get_cam_weights`` per
+    category on the whole slice batch and contract the weights with the activations in one
+    ``einsum`` over all categories (no K-fold copy of the activations). Elementwise methods
+    (HiResCAM, LayerCAM) override ``get_cam_image``; it is called per category as they
+    define it.
+    """
+
+    def __init__(self, method: str) -> None:
+        if method not in _CLASS_NAMES:
+            raise AttributionError(
+                f"unknown CAM method {method!r}; expected one of {', '.join(METHODS)} "
+                "(set method= or --method, or CBCTQA_CAM_METHOD)"
+            )
+        import pytorch_grad_cam
+        from pytorch_grad_cam.base_cam import BaseCAM
+
+        base = getattr(pytorch_grad_cam, _CLASS_NAMES[method])
+
+        def _init(self: object) -> None:  # no model, no hooks
+            return None
+
+        def _del(self: object) -> None:  # nothing to release
+            return None
+
+        cls = type(f"_{base.__name__}Weighting", (base,), {"__init__": _init, "__del__": _del})
+        self.method = method
+        self.impl: _CamMethod = cls()
+        self.elementwise: bool = base.get_cam_image is not BaseCAM.get_cam_image
+
+    def __call__(self, activations: FloatArray, grads: FloatArray) -> FloatArray:
+        """Pre-ReLU maps for every category.
+
+        Parameters
+        ----------
+        activations:
+            float32 ``(B, C, h, w)``.
+        grads:
+            float32 ``(K, B, C, h, w)``: ``∂y_k/∂A`` per category.
+
+        Returns
+        -------
+        numpy.ndarray
+            float32 ``(K, B, h, w)``, before the ReLU.
+        """
+        if self.elementwise:
+            return np.stack(
+                [self.impl.get_cam_image(None, None, None, activations, gk, False) for gk in grads]
+            )
+        weights = np.stack(
+            [self.impl.get_cam_weights(None, None, None, activations, gk) for gk in grads]
+        ).astype(np.float32, copy=False)
+        cam: FloatArray = np.einsum("kbc,bchw->kbhw", weights, activations, optimize=True)
+        return cam
+
+
+def raw_cam(method: str, activations: FloatArray, grads: FloatArray) -> FloatArray:
+    """Raw (ReLU'd, un-normalised, un-resized) CAM maps from activations and gradients.
+
+    Parameters
+    ----------
+    method:
+        One of :data:`METHODS`.
+    activations:
+        float32 ``(B, C, h, w)`` target-layer activations.
+    grads:
+        float32 ``(K, B, C, h, w)`` gradients of K outputs with respect to them (or
+        ``(B, C, h, w)`` for a single output).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 ``(K, B, h, w)`` (or ``(B, h, w)``): ``max(Σ_c w_c A_c, 0)`` with
+        pytorch-grad-cam's weights for ``method``.
+    """
+    single = grads.ndim == 4
+    g = grads[None] if single else grads
+    if activations.ndim != 4 or g.ndim != 5 or g.shape[1:] != activations.shape:
+        raise AttributionError(
+            f"raw_cam needs activations (B, C, h, w) and grads (K, B, C, h, w) of matching "
+            f"shape; got {activations.shape} and {grads.shape}"
+        )
+    cam = np.maximum(_Weighting(method)(activations, g), 0).astype(np.float32, copy=False)
+    return cam[0] if single else cam
+
+
+@dataclass(frozen=True, eq=False)
+class AttributionResult:
+    """Grad-CAM maps and Attribution Energy of one volume (or slice stack).
+
+    Attributes
+    ----------
+    scores:
+        Category → volume-mean predicted Likert score (1–5, higher is better).
+    slice_scores:
+        float32 ``(K, N)`` predicted score per category and slice (K = 5, contract order).
+    cams:
+        float32 ``(K, N, h, w)`` raw maps ``L_ks`` at the target layer's resolution.
+    ae:
+        Category → AE = Σ_s Σ_ij L_ks(i, j) (float64 sum; arbitrary units).
+    ae_per_voxel:
+        Category → AE / (N · h · w), the mean raw-map value per map cell.
+    slice_ae:
+        float64 ``(K, N)``: Σ_ij L_ks(i, j) per slice; ``slice_ae.sum(1)`` gives ``ae``.
+    method:
+        CAM method name (one of :data:`METHODS`).
+    target_layer:
+        Dotted name of the target layer inside the model.
+    map_shape:
+        ``(h, w)`` of the maps.
+    input_shape:
+        ``(H, W)`` of the model input; upsampled sums scale by :attr:`upsample_factor`.
+    provenance:
+        Model name/version/sha256, package and torch versions, method, batch size, device,
+        volume series UID, input shape, timing (seconds).
+    """
+
+    scores: Mapping[str, float]
+    slice_scores: FloatArray
+    cams: FloatArray
+    ae: Mapping[str, float]
+    ae_per_voxel: Mapping[str, float]
+    slice_ae: npt.NDArray[np.float64]
+    method: str
+    target_layer: str
+    map_shape: tuple[int, int]
+    input_shape: tuple[int, int]
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def categories(self) -> tuple[str, ...]:
+        """Category names in row order of the arrays (the contract order)."""
+        return tuple(self.scores)
+
+    @property
+    def n_slices(self) -> int:
+        """Number of slices N."""
+        return int(self.cams.shape[1])
+
+    @property
+    def upsample_factor(self) -> float:
+        """``(H·W)/(h·w)``: factor by which a bilinear integer upsampling to the input
+        resolution multiplies every map sum (and therefore AE)."""
+        (hh, ww), (h, w) = self.input_shape, self.map_shape
+        return (hh * ww) / (h * w)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (no maps): per-category score/AE, per-slice arrays, provenance."""
+        return {
+            "categories": {
+                c: {"score": self.scores[c], "ae": self.ae[c], "ae_per_voxel": self.ae_per_voxel[c]}
+                for c in self.categories
+            },
+            "slice_scores": {
+                c: self.slice_scores[k].astype(float).tolist()
+                for k, c in enumerate(self.categories)
+            },
+            "slice_ae": {
+                c: self.slice_ae[k].astype(float).tolist() for k, c in enumerate(self.categories)
+            },
+            "method": self.method,
+            "target_layer": self.target_layer,
+            "map_shape": list(self.map_shape),
+            "input_shape": list(self.input_shape),
+            "upsample_factor": self.upsample_factor,
+            "provenance": self.provenance,
+        }
+
+
+def _resolve_target(
+    model: nn.Module, target_layer: nn.Module | str | None
+) -> tuple[nn.Module, str]:
+    """The target layer module and its dotted name inside ``model``."""
+    if target_layer is None:
+        found = getattr(model, "target_layer", None)
+        if found is None:
+            raise AttributionError(
+                f"model {type(model).__name__} has no 'target_layer' attribute; pass "
+                "target_layer= (a submodule or its dotted name, e.g. 'features.6')"
+            )
+        target_layer = found
+    if isinstance(target_layer, str):
+        try:
+            module = model.get_submodule(target_layer)
+        except AttributeError as exc:
+            raise AttributionError(
+                f"model {type(model).__name__} has no submodule {target_layer!r}; use a name "
+                "from model.named_modules()"
+            ) from exc
+        return module, target_layer
+    if not isinstance(target_layer, nn.Module):
+        raise AttributionError(
+            f"target_layer must be an nn.Module or a dotted submodule name; got {type(target_layer).__name__}"
+        )
+    for name, module in model.named_modules():
+        if module is target_layer and name:
+            return target_layer, name
+    raise AttributionError(
+        f"target layer {type(target_layer).__name__} is not a submodule of model "
+        f"{type(model).__name__}; pass one of its own layers"
+    )
+
+
+@contextmanager
+def attribution_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Put ``model`` in eval mode with every parameter frozen; restore both on exit.
+
+    Each submodule's ``training`` flag and each parameter's ``requires_grad`` are saved
+    and restored individually, also when the body raises.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in flags:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextmanager
+def _capture(target: nn.Module, name: str) -> Iterator[list[torch.Tensor]]:
+    """Forward hook that cuts the graph at ``target``: its output is replaced by a leaf
+    that requires grad (a clone of it is passed on, so in-place layers after the target
+    cannot overwrite the captured activations). The hook is removed on exit."""
+    captured: list[torch.Tensor] = []
+
+    def hook(module: nn.Module, inputs: Any, output: Any) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor):
+            raise AttributionError(
+                f"target layer {name!r} returned {type(output).__name__}; Grad-CAM needs a "
+                "single (B, C, h, w) tensor"
+            )
+        if output.ndim != 4:
+            raise AttributionError(
+                f"target layer {name!r} output has shape {tuple(output.shape)}; expected (B, C, h, w)"
+            )
+        leaf = output.detach().requires_grad_(True)
+        captured.append(leaf)
+        return leaf.clone()
+
+    handle = target.register_forward_hook(hook)
+    try:
+        yield captured
+    finally:
+        handle.remove()
+
+
+def _card_name(card: Mapping[str, Any], model: nn.Module) -> str:
+    """Model name from its card (``name`` or ``architecture.name``), else the class name."""
+    name = card.get("name")
+    if isinstance(name, str) and name:
+        return name
+    arch = card.get("architecture")
+    if isinstance(arch, Mapping) and isinstance(arch.get("name"), str):
+        return str(arch["name"])
+    return type(model).__name__
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    return torch.device("cpu")
+
+
+def _gradients(y: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
+    """``∂y_k/∂A`` for every category k at once: ``(K, B, C, h, w)``."""
+    k = y.shape[1]
+    eye = torch.eye(k, dtype=y.dtype, device=y.device)
+    grad_out = eye[:, None, :].expand(k, y.shape[0], k)
+    (g,) = torch.autograd.grad(y, leaf, grad_outputs=grad_out, is_grads_batched=True)
+    return g
+
+
+def attribute_slices(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    method: str = "gradcam",
+    batch_size: int = 16,
+    target_layer: nn.Module | str | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+    _extra_provenance: Mapping[str, Any] | None = None,
+) -> AttributionResult:
+    """Predict and attribute a stack of preprocessed slices, all five categories at once.
+
+    Parameters
+    ----------
+    model:
+        ``nn.Module`` mapping ``(B, 1, H, W)`` to ``(B, 5)`` scores in
+        :data:`~qa_core.categories.CATEGORIES` order, with a ``target_layer`` attribute
+        (or pass ``target_layer``). Its train/eval state and ``requires_grad`` flags are
+        restored afterwards; it is run in eval mode.
+    x:
+        float ``(N, 1, H, W)`` preprocessed slices (as ``model.preprocess`` returns).
+    method:
+        One of :data:`METHODS`.
+    batch_size:
+        Slices per forward/backward pass; memory beyond the result is O(batch_size).
+    target_layer:
+        Override of ``model.target_layer``: a submodule or its dotted name.
+    device:
+        Device to run on; ``None`` keeps the model's device. A model moved for the call is
+        moved back afterwards.
+    progress:
+        Show a tqdm progress bar over batches on stderr.
+
+    Returns
+    -------
+    AttributionResult
+        With ``cams`` float32 ``(5, N, h, w)`` at the target layer's resolution.
+
+    Raises
+    ------
+    AttributionError
+        Unknown method, no target layer, empty or mis-shaped input, unexpected model output.
+    """
+    t0 = time.perf_counter()
+    weighting = _Weighting(method)
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise AttributionError(f"batch_size must be a positive integer; got {batch_size!r}")
+    if not isinstance(x, torch.Tensor):
+        raise AttributionError(
+            f"attribute_slices needs a torch.Tensor (N, 1, H, W); got {type(x).__name__}"
+        )
+    if x.ndim != 4 or x.shape[1] != 1:
+        raise AttributionError(f"input must be shaped (N, 1, H, W); got {tuple(x.shape)}")
+    n = int(x.shape[0])
+    if n == 0:
+        raise AttributionError("input has 0 slices; nothing to attribute (check the series)")
+    module, layer_name = _resolve_target(model, target_layer)
+    k_cat = len(CATEGORIES)
+
+    original_device = _model_device(model)
+    run_device = torch.device(device) if device is not None else original_device
+    moved = run_device != original_device
+    if moved:
+        model.to(run_device)
+
+    cams: FloatArray | None = None
+    slice_scores = np.empty((k_cat, n), dtype=np.float32)
+    starts = range(0, n, batch_size)
+    try:
+        with attribution_mode(model), _capture(module, layer_name) as captured:
+            iterator: Any = starts
+            if progress:
+                from tqdm.auto import tqdm
+
+                iterator = tqdm(starts, desc=f"Grad-CAM ({method})", unit="batch", leave=False)
+            for s in iterator:
+                e = min(s + batch_size, n)
+                xb = x[s:e].to(run_device, dtype=torch.float32, non_blocking=True)
+                captured.clear()
+                with torch.inference_mode(False), torch.enable_grad():
+                    y = model(xb)
+                    if len(captured) != 1:
+                        raise AttributionError(
+                            f"target layer {layer_name!r} ran {len(captured)} times in one forward "
+                            "pass; expected exactly once (is it part of the model's forward?)"
+                        )
+                    if not isinstance(y, torch.Tensor) or y.shape != (e - s, k_cat):
+                        shape = tuple(y.shape) if isinstance(y, torch.Tensor) else type(y).__name__
+                        raise AttributionError(
+                            f"model output is {shape}; expected ({e - s}, {k_cat}) scores for "
+                            f"categories {', '.join(CATEGORIES)}"
+                        )
+                    leaf = captured[0]
+                    g = _gradients(y, leaf)
+                a_np = leaf.detach().float().cpu().numpy()
+                g_np = g.detach().float().cpu().numpy()
+                _, _, h, w = a_np.shape
+                if cams is None:
+                    cams = np.empty((k_cat, n, h, w), dtype=np.float32)
+                np.maximum(weighting(a_np, g_np), 0, out=cams[:, s:e])
+                slice_scores[:, s:e] = y.detach().float().cpu().numpy().T
+                captured.clear()
+                del y, g, leaf
+    finally:
+        if moved:
+            model.to(original_device)
+
+    assert cams is not None  # n >= 1, so at least one batch ran
+    _, _, h, w = cams.shape
+    slice_ae = cams.sum(axis=(2, 3), dtype=np.float64)
+    ae_total = slice_ae.sum(axis=1)
+    cells = n * h * w
+    elapsed = time.perf_counter() - t0
+    card = getattr(model, "card", None)
+    card = card if isinstance(card, Mapping) else {}
+    from qa_core import __version__
+
+    provenance: dict[str, Any] = {
+        "model_name": _card_name(card, model),
+        "model_version": card.get("version", card.get("created")),
+        "model_checkpoint": card.get("checkpoint"),
+        "model_sha256": card.get("sha256"),
+        "package_version": __version__,
+        "torch_version": torch.__version__,
+        "python_version": platform.python_version(),
+        "method": method,
+        "target_layer": layer_name,
+        "batch_size": batch_size,
+        "device": str(run_device),
+        "input_shape": [int(v) for v in x.shape],
+        "map_shape": [h, w],
+        "seconds": round(elapsed, 4),
+        "seconds_per_slice": round(elapsed / n, 6),
+    }
+    if _extra_provenance:
+        provenance.update(_extra_provenance)
+    return AttributionResult(
+        scores={c: float(slice_scores[k].mean(dtype=np.float64)) for k, c in enumerate(CATEGORIES)},
+        slice_scores=slice_scores,
+        cams=cams,
+        ae={c: float(ae_total[k]) for k, c in enumerate(CATEGORIES)},
+        ae_per_voxel={c: float(ae_total[k] / cells) for k, c in enumerate(CATEGORIES)},
+        slice_ae=slice_ae,
+        method=method,
+        target_layer=layer_name,
+        map_shape=(h, w),
+        input_shape=(int(x.shape[2]), int(x.shape[3])),
+        provenance=provenance,
+    )
+
+
+def attribute_volume(
+    model: nn.Module,
+    volume: Volume | torch.Tensor,
+    *,
+    method: str = "gradcam",
+    batch_size: int = 16,
+    target_layer: nn.Module | str | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> AttributionResult:
+    """Predict the five Likert scores of a CBCT volume and explain them with Grad-CAM and AE.
+
+    Parameters
+    ----------
+    model:
+        The quality model (see :func:`qa_core.model.load_model`): maps ``(B, 1, H, W)`` to
+        ``(B, 5)``, exposes ``target_layer`` and ``preprocess(volume) -> (N, 1, H, W)``.
+    volume:
+        A :class:`~qa_core.volume.Volume` in HU (preprocessed with ``model.preprocess``), or
+        an already preprocessed float tensor ``(N, 1, H, W)``.
+    method, batch_size, target_layer, device, progress:
+        As in :func:`attribute_slices`.
+
+    Returns
+    -------
+    AttributionResult
+        Scores, raw maps, AE (sum of raw-map cells at the target layer's resolution) and
+        AE per voxel, with provenance including the series UID.
+
+    Examples
+    --------
+    >>> from qa_core import load_model, attribute_volume  # doctest: +SKIP
+    >>> result = attribute_volume(load_model(), volume, method="gradcam")  # doctest: +SKIP
+    >>> result.ae["parotid"]  # doctest: +SKIP
+    """
+    extra: dict[str, Any] = {}
+    if isinstance(volume, Volume):
+        if volume.n_slices == 0:
+            raise AttributionError(
+                f"volume {volume.series_uid or '(no series UID)'} has 0 slices; nothing to attribute"
+            )
+        preprocess: Callable[[Volume], torch.Tensor] | None = getattr(model, "preprocess", None)
+        if not callable(preprocess):
+            raise AttributionError(
+                f"model {type(model).__name__} has no preprocess(volume) method; pass a "
+                "preprocessed tensor (N, 1, H, W) instead of a Volume"
+            )
+        x = preprocess(volume)
+        extra = {
+            "series_uid": volume.series_uid,
+            "study_uid": volume.study_uid,
+            "volume_shape": list(volume.shape),
+            "spacing_mm": list(volume.spacing),
+        }
+        hu_window = getattr(model, "hu_window", None)
+        if hu_window is not None:
+            extra["hu_window"] = [float(v) for v in hu_window]
+    elif isinstance(volume, torch.Tensor):
+        x = volume
+    else:
+        raise AttributionError(
+            f"attribute_volume needs a Volume or a tensor (N, 1, H, W); got {type(volume).__name__}"
+        )
+    return attribute_slices(
+        model,
+        x,
+        method=method,
+        batch_size=batch_size,
+        target_layer=target_layer,
+        device=device,
+        progress=progress,
+        _extra_provenance=extra,
+    )
