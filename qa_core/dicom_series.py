@@ -108,6 +108,7 @@ _LONG_VRS = {
 }
 _FAST_SYNTAXES = {ExplicitVRLittleEndian, ImplicitVRLittleEndian}
 _MAX_LISTED = 4
+_AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 # ---------------------------------------------------------------------------------------
 # Sources: files on disk or zip members, opened on demand
@@ -634,18 +635,19 @@ def _axis_of(v: npt.NDArray[np.float64]) -> tuple[int, int] | None:
     return a, 1 if v[a] > 0 else -1
 
 
-def _check_geometry(hs: list[_Header], settings: Settings, warnings: list[str]) -> _Geometry:
-    n = len(hs)
-    if n > settings.max_slices:
+def _check_matrix(hs: list[_Header], settings: Settings) -> tuple[int, int, tuple[float, float]]:
+    """Limits, pixel data presence and one matrix/pixel spacing; returns rows, cols, spacing."""
+    uid = hs[0].series_uid
+    if len(hs) > settings.max_slices:
         raise InputTooLargeError(
-            f"series {hs[0].series_uid} has {n} slices, more than CBCTQA_MAX_SLICES="
+            f"series {uid} has {len(hs)} slices, more than CBCTQA_MAX_SLICES="
             f"{settings.max_slices} ({_names([h.source for h in hs])}); raise the limit if "
             "the series is genuine"
         )
     missing = [h for h in hs if h.pixel is None and h.pixel_known]
     if missing:
         raise NoPixelDataError(
-            f"{len(missing)} file(s) of CT series {hs[0].series_uid} have no Pixel Data: "
+            f"{len(missing)} file(s) of CT series {uid} have no Pixel Data: "
             f"{_names([h.source for h in missing])}; re-export the series with its images "
             "(not a header-only or structure-set export)"
         )
@@ -655,47 +657,46 @@ def _check_geometry(hs: list[_Header], settings: Settings, warnings: list[str]) 
             f"{_names([h.source for h in multi])}: multi-frame (Enhanced CT) images are not "
             "supported; export the series as single-frame CT Image Storage (one file per slice)"
         )
-    for key, what in (("rows", "Rows"), ("cols", "Columns"), ("pixel_spacing", "PixelSpacing")):
-        absent = [h for h in hs if getattr(h, key) is None]
-        if absent and (key != "pixel_spacing"):
-            raise NoPixelDataError(
-                f"{_names([h.source for h in absent])} lack(s) {what}; the image header is "
-                "incomplete: re-export the series"
-            )
-        if absent:
-            raise DicomError(
-                f"{_names([h.source for h in absent])} lack(s) PixelSpacing, so voxel size is "
-                "unknown; re-export the series with PixelSpacing"
-            )
-    rows, cols = hs[0].rows, hs[0].cols
-    ps0 = hs[0].pixel_spacing
-    assert rows is not None and cols is not None and ps0 is not None
+    incomplete = [h for h in hs if h.rows is None or h.cols is None or h.pixel_spacing is None]
+    if incomplete:
+        raise DicomError(
+            f"{_names([h.source for h in incomplete])} lack(s) Rows, Columns or PixelSpacing, so "
+            "the image size or voxel size is unknown; re-export the series with a complete "
+            "Image Pixel / Image Plane module"
+        )
+    first = hs[0]
+    rows, cols, ps = int(first.rows or 0), int(first.cols or 0), first.pixel_spacing or (0.0, 0.0)
+    if rows < 1 or cols < 1 or min(ps) <= 0:
+        raise DicomError(
+            f"{first.source.name}: Rows x Columns {rows}x{cols} and PixelSpacing {ps} must be "
+            "positive; fix the header or re-export the series"
+        )
     if rows * cols > settings.max_pixels:
         raise InputTooLargeError(
-            f"{hs[0].source.name}: {rows}x{cols} = {rows * cols} pixels per slice, more than "
+            f"{first.source.name}: {rows}x{cols} = {rows * cols} pixels per slice, more than "
             f"CBCTQA_MAX_PIXELS={settings.max_pixels}; raise the limit if the series is genuine"
         )
     odd = [
         h
         for h in hs
         if (h.rows, h.cols) != (rows, cols)
-        or not np.allclose(h.pixel_spacing or (0.0, 0.0), ps0, rtol=1e-4, atol=1e-6)
+        or not np.allclose(h.pixel_spacing or (0.0, 0.0), ps, rtol=1e-4, atol=1e-6)
     ]
     if odd:
         raise MixedMatrixError(
-            f"series {hs[0].series_uid} mixes matrix sizes or pixel spacings: {hs[0].source.name} "
-            f"is {rows}x{cols} at {ps0} mm but {_names([h.source for h in odd])} differ(s) "
-            f"(e.g. {odd[0].rows}x{odd[0].cols} at {odd[0].pixel_spacing} mm); remove the "
+            f"series {uid} mixes matrix sizes or pixel spacings: {first.source.name} is "
+            f"{rows}x{cols} at {ps} mm but {_names([h.source for h in odd])} differ(s) (e.g. "
+            f"{odd[0].rows}x{odd[0].cols} at {odd[0].pixel_spacing} mm); remove the "
             "scout/localiser or resampled images, or choose the right series"
         )
-    if any(h.pixel_spacing is not None and min(h.pixel_spacing) <= 0 for h in hs[:1]):
-        raise DicomError(
-            f"{hs[0].source.name}: PixelSpacing {ps0} must be positive; fix the header"
-        )
+    return rows, cols, (float(ps[0]), float(ps[1]))
 
-    # Orientation
+
+def _check_orientation(hs: list[_Header], warnings: list[str]) -> npt.NDArray[np.float64]:
+    """One axis-aligned orientation for all slices; returns its 6 direction cosines."""
+    uid = hs[0].series_uid
     no_geom = [h for h in hs if h.orientation is None or h.position is None]
-    if no_geom and n > 1:
+    if no_geom and len(hs) > 1:
         raise DicomError(
             f"{_names([h.source for h in no_geom])} lack(s) ImageOrientationPatient or "
             "ImagePositionPatient, so slices cannot be ordered; re-export the series with "
@@ -706,102 +707,121 @@ def _check_geometry(hs: list[_Header], settings: Settings, warnings: list[str]) 
             f"{hs[0].source.name} has no ImageOrientationPatient/ImagePositionPatient; assumed "
             "axial orientation with origin (0, 0, 0)"
         )
-    iop0 = np.array(hs[0].orientation or (1.0, 0.0, 0.0, 0.0, 1.0, 0.0), dtype=np.float64)
+    iop = np.array(hs[0].orientation or _AXIAL, dtype=np.float64)
     mixed = [
         h
         for h in hs
-        if h.orientation is not None and not np.allclose(h.orientation, iop0, atol=AXIS_TOLERANCE)
+        if h.orientation is not None and not np.allclose(h.orientation, iop, atol=AXIS_TOLERANCE)
     ]
     if mixed:
         raise MixedMatrixError(
-            f"series {hs[0].series_uid} mixes slice orientations: {hs[0].source.name} has "
-            f"{tuple(iop0)} but {_names([h.source for h in mixed])} differ(s); remove the "
-            "localiser/reformatted images or choose the right series"
+            f"series {uid} mixes slice orientations: {hs[0].source.name} has {tuple(iop)} but "
+            f"{_names([h.source for h in mixed])} differ(s); remove the localiser/reformatted "
+            "images or choose the right series"
         )
-    r, c = iop0[:3], iop0[3:]
+    r, c = iop[:3], iop[3:]
     if _axis_of(r) is None or _axis_of(c) is None or _axis_of(np.cross(r, c)) is None:
         raise ObliqueOrientationError(
-            f"series {hs[0].series_uid} is oblique: ImageOrientationPatient "
-            f"{tuple(round(float(v), 6) for v in iop0)} in {hs[0].source.name} is not "
+            f"series {uid} is oblique: ImageOrientationPatient "
+            f"{tuple(round(float(v), 6) for v in iop)} in {hs[0].source.name} is not "
             f"axis-aligned (tolerance {AXIS_TOLERANCE}); resample it to an axial grid "
             "(e.g. in the treatment-planning system) before loading"
         )
-    normal = np.cross(r, c)
+    return iop
+
+
+def _order_slices(
+    hs: list[_Header], normal: npt.NDArray[np.float64], warnings: list[str]
+) -> tuple[list[int], npt.NDArray[np.float64]]:
+    """Sort by position along the slice normal; drop repeated instances, refuse duplicates.
+
+    Returns the kept indices into ``hs`` (ascending position) and their positions (mm).
+    """
     pos = np.array([h.position or (0.0, 0.0, 0.0) for h in hs], dtype=np.float64)
     along = pos @ normal
     order = [int(i) for i in np.argsort(along, kind="stable")]
-    along_sorted = along[order]
-
-    # Duplicates: identical instances are dropped, distinct ones at one position refused.
-    diffs = np.diff(along_sorted)
     keep = [order[0]]
-    for k in range(1, len(order)):
-        if diffs[k - 1] < _DUPLICATE_TOLERANCE_MM:
-            a, b = hs[keep[-1]], hs[order[k]]
-            if a.sop_uid and a.sop_uid == b.sop_uid:
-                warnings.append(f"ignored {b.source.name}: same SOPInstanceUID as {a.source.name}")
-                continue
-            raise DuplicateSliceError(
-                f"{a.source.name} and {b.source.name} are both at {along_sorted[k]:.3f} mm along "
-                f"the slice normal (SOPInstanceUIDs {a.sop_uid} and {b.sop_uid}); the series holds "
-                "two acquisitions or a duplicate export: remove one copy or choose one series"
-            )
-        keep.append(order[k])
-    order = keep
-    along_sorted = along[order]
-    ps = (float(ps0[0]), float(ps0[1]))
-
-    # In-plane drift (gantry tilt / sheared stacks)
-    if len(order) > 1:
-        inplane = pos[order] - np.outer(along_sorted, normal)
-        drift = np.abs(inplane - inplane[0]).max()
-        if drift > 0.5 * min(ps):
+    for i in order[1:]:
+        prev = keep[-1]
+        if along[i] - along[prev] >= _DUPLICATE_TOLERANCE_MM:
+            keep.append(i)
+            continue
+        a, b = hs[prev], hs[i]
+        if a.sop_uid and a.sop_uid == b.sop_uid:
+            warnings.append(f"ignored {b.source.name}: same SOPInstanceUID as {a.source.name}")
+            continue
+        raise DuplicateSliceError(
+            f"{a.source.name} and {b.source.name} are both at {along[i]:.3f} mm along the "
+            f"slice normal (SOPInstanceUIDs {a.sop_uid} and {b.sop_uid}); the series holds "
+            "two acquisitions or a duplicate export: remove one copy or choose one series"
+        )
+    if len(keep) > 1:  # in-plane drift = gantry tilt or a sheared stack
+        inplane = pos[keep] - np.outer(along[keep], normal)
+        drift = float(np.abs(inplane - inplane[0]).max())
+        min_ps = min(hs[0].pixel_spacing or (1.0, 1.0))
+        if drift > 0.5 * min_ps:
             raise ObliqueOrientationError(
                 f"series {hs[0].series_uid}: slice positions drift {drift:.2f} mm in-plane "
-                f"between {hs[order[0]].source.name} and {hs[order[-1]].source.name} (gantry "
+                f"between {hs[keep[0]].source.name} and {hs[keep[-1]].source.name} (gantry "
                 "tilt or sheared stack); resample to an orthogonal grid before loading"
             )
+    return keep, along[keep]
 
-    # Spacing
+
+def _slice_spacing(
+    hs: list[_Header],
+    order: list[int],
+    along: npt.NDArray[np.float64],
+    settings: Settings,
+    warnings: list[str],
+) -> float:
+    """Distance between slice centres (mm), after the gap and uniformity checks."""
     if len(order) == 1:
         h = hs[order[0]]
         thickness = h.spacing_between_slices or h.slice_thickness
         if thickness is not None and thickness > 0:
-            spacing_z = float(thickness)
             warnings.append(
-                f"single-slice series: z spacing {spacing_z:g} mm taken from the header"
+                f"single-slice series: z spacing {thickness:g} mm taken from the header"
             )
-        else:
-            spacing_z = 1.0
-            warnings.append("single-slice series without SliceThickness: z spacing set to 1.0 mm")
-    else:
-        steps = np.diff(along_sorted)
-        median = float(np.median(steps))
-        gaps = np.flatnonzero(steps > _MISSING_GAP_FACTOR * median)
-        if gaps.size:
-            g = int(gaps[0])
-            lo, hi = hs[order[g]], hs[order[g + 1]]
-            n_missing = round(float(steps[g]) / median) - 1
-            raise MissingSlicesError(
-                f"series {hs[0].series_uid} has {gaps.size} gap(s) larger than "
-                f"{_MISSING_GAP_FACTOR} x the median spacing {median:.3f} mm: e.g. "
-                f"{steps[g]:.3f} mm between {lo.source.name} and {hi.source.name} "
-                f"(about {n_missing} slice(s) missing); re-export or re-transfer the complete series"
-            )
-        dev = np.abs(steps - median) / median
-        if float(dev.max()) > settings.spacing_tolerance:
-            g = int(np.argmax(dev))
-            raise NonUniformSpacingError(
-                f"series {hs[0].series_uid} has non-uniform slice spacing: {steps.min():.4f} to "
-                f"{steps.max():.4f} mm (median {median:.4f}; e.g. {steps[g]:.4f} mm between "
-                f"{hs[order[g]].source.name} and {hs[order[g + 1]].source.name}), beyond "
-                f"CBCTQA_SPACING_TOLERANCE={settings.spacing_tolerance}; resample the series "
-                "to uniform spacing or raise the tolerance"
-            )
-        spacing_z = float((along_sorted[-1] - along_sorted[0]) / (len(order) - 1))
+            return float(thickness)
+        warnings.append("single-slice series without SliceThickness: z spacing set to 1.0 mm")
+        return 1.0
+    uid = hs[0].series_uid
+    steps = np.diff(along)
+    median = float(np.median(steps))
+    gaps = np.flatnonzero(steps > _MISSING_GAP_FACTOR * median)
+    if gaps.size:
+        g = int(gaps[0])
+        lo, hi = hs[order[g]], hs[order[g + 1]]
+        n_missing = round(float(steps[g]) / median) - 1
+        raise MissingSlicesError(
+            f"series {uid} has {gaps.size} gap(s) larger than {_MISSING_GAP_FACTOR} x the "
+            f"median spacing {median:.3f} mm: e.g. {steps[g]:.3f} mm between {lo.source.name} "
+            f"and {hi.source.name} (about {n_missing} slice(s) missing); re-export or "
+            "re-transfer the complete series"
+        )
+    dev = np.abs(steps - median) / median
+    if float(dev.max()) > settings.spacing_tolerance:
+        g = int(np.argmax(dev))
+        raise NonUniformSpacingError(
+            f"series {uid} has non-uniform slice spacing: {steps.min():.4f} to "
+            f"{steps.max():.4f} mm (median {median:.4f}; e.g. {steps[g]:.4f} mm between "
+            f"{hs[order[g]].source.name} and {hs[order[g + 1]].source.name}), beyond "
+            f"CBCTQA_SPACING_TOLERANCE={settings.spacing_tolerance}; resample the series "
+            "to uniform spacing or raise the tolerance"
+        )
+    return float((along[-1] - along[0]) / (len(order) - 1))
+
+
+def _check_geometry(hs: list[_Header], settings: Settings, warnings: list[str]) -> _Geometry:
+    """Run every series check (header values only) and return the slice order and grid."""
+    rows, cols, ps = _check_matrix(hs, settings)
+    iop = _check_orientation(hs, warnings)
+    order, along = _order_slices(hs, np.cross(iop[:3], iop[3:]), warnings)
+    spacing_z = _slice_spacing(hs, order, along, settings, warnings)
     first = hs[order[0]].position or (0.0, 0.0, 0.0)
     origin = (float(first[0]), float(first[1]), float(first[2]))
-    return _Geometry(order, spacing_z, rows, cols, ps, tuple(float(v) for v in iop0), origin)
+    return _Geometry(order, spacing_z, rows, cols, ps, tuple(float(v) for v in iop), origin)
 
 
 def _reorient(
