@@ -1501,6 +1501,7 @@ def analyze_table(
         "scipy_version": scipy.__version__,
         "numpy_version": np.__version__,
         "input_sha256": _input_sha256(parsed),
+        "input_sha256_of": "canonical JSON of the rows [session, category, ae, consensus, predicted], sorted",
         "n_rows": len(parsed),
         "seed": int(seed),
         "n_resamples": int(n_resamples),
