@@ -38,6 +38,12 @@ normalisation (which destroy AE). Supported: ``gradcam``, ``gradcam++``, ``xgrad
 ``hirescam`` and ``layercam`` (the last two are elementwise, handled in their own
 ``get_cam_image`` as in pytorch-grad-cam).
 
+``weighting="numpy"`` (the default on CPU) runs pytorch-grad-cam's code itself.
+``weighting="torch"`` (the default on CUDA) runs a line-by-line port of the same formulas
+on the device, so that only the finished maps, not the ``(5, B, C, h, w)`` gradients, travel
+to the host and the GPU is not left waiting on numpy; the test suite checks the port against
+pytorch-grad-cam's code for every method.
+
 Caution
 -------
 With a global-average-pool → linear head, ``Σ_ij (Σ_c α_kc A_c) = y_k − b_k`` for Grad-CAM:
@@ -66,6 +72,7 @@ from qa_core.volume import Volume
 
 __all__ = [
     "METHODS",
+    "WEIGHTINGS",
     "AttributionResult",
     "attribute_slices",
     "attribute_volume",
@@ -85,6 +92,10 @@ _CLASS_NAMES: Final[dict[str, str]] = {
     "hirescam": "HiResCAM",
     "layercam": "LayerCAM",
 }
+
+#: Where the channel weighting runs: ``auto`` (numpy on CPU, torch on CUDA), ``numpy``
+#: (pytorch-grad-cam's own code) or ``torch`` (its formulas ported to torch, on the device).
+WEIGHTINGS: Final[tuple[str, ...]] = ("auto", "numpy", "torch")
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -171,6 +182,37 @@ class _Weighting:
         ).astype(np.float32, copy=False)
         cam: FloatArray = np.einsum("kbc,bchw->kbhw", weights, activations, optimize=True)
         return cam
+
+
+def _torch_maps(method: str, a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """pytorch-grad-cam's weighting ported to torch (same formulas, same epsilons).
+
+    ``a`` is ``(B, C, h, w)``, ``g`` is ``(K, B, C, h, w)``; returns pre-ReLU ``(K, B, h, w)``.
+    Sources: ``grad_cam.py``, ``grad_cam_plusplus.py`` (eq. 19 of arXiv:1710.11063, eps 1e-6),
+    ``xgrad_cam.py`` (eps 1e-7), ``hirescam.py`` and ``layer_cam.py`` in pytorch-grad-cam 1.5.
+    """
+    spatial = (3, 4)
+    if method == "hirescam":
+        return (g * a).sum(dim=2)
+    if method == "layercam":
+        return (g.clamp(min=0) * a).sum(dim=2)
+    if method == "gradcam":
+        weights = g.mean(dim=spatial)
+    elif method == "gradcam++":
+        g2 = g * g
+        g3 = g2 * g
+        sum_a = a.sum(dim=(2, 3), keepdim=True)
+        aij = g2 / (2 * g2 + sum_a * g3 + 0.000001)
+        aij = torch.where(g != 0, aij, torch.zeros_like(aij))
+        weights = (g.clamp(min=0) * aij).sum(dim=spatial)
+    elif method == "xgradcam":
+        sum_a = a.sum(dim=(2, 3), keepdim=True)
+        weights = (g * a / (sum_a + 1e-7)).sum(dim=spatial)
+    else:  # pragma: no cover - guarded by _Weighting
+        raise AttributionError(
+            f"unknown CAM method {method!r}; expected one of {', '.join(METHODS)}"
+        )
+    return torch.einsum("kbc,bchw->kbhw", weights, a)
 
 
 def raw_cam(method: str, activations: FloatArray, grads: FloatArray) -> FloatArray:
@@ -404,6 +446,7 @@ def attribute_slices(
     target_layer: nn.Module | str | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
+    weighting: str = "auto",
     _extra_provenance: Mapping[str, Any] | None = None,
 ) -> AttributionResult:
     """Predict and attribute a stack of preprocessed slices, all five categories at once.
@@ -428,6 +471,10 @@ def attribute_slices(
         moved back afterwards.
     progress:
         Show a tqdm progress bar over batches on stderr.
+    weighting:
+        ``auto`` (default: ``numpy`` on CPU, ``torch`` on CUDA), ``numpy`` (pytorch-grad-cam's
+        own ``get_cam_weights``/``get_cam_image`` on host arrays) or ``torch`` (the same
+        formulas on the device). Results agree to float32 rounding.
 
     Returns
     -------
@@ -440,7 +487,11 @@ def attribute_slices(
         Unknown method, no target layer, empty or mis-shaped input, unexpected model output.
     """
     t0 = time.perf_counter()
-    weighting = _Weighting(method)
+    numpy_weighting = _Weighting(method)  # also validates the method name
+    if weighting not in WEIGHTINGS:
+        raise AttributionError(
+            f"unknown weighting {weighting!r}; expected one of {', '.join(WEIGHTINGS)}"
+        )
     if not isinstance(batch_size, int) or batch_size < 1:
         raise AttributionError(f"batch_size must be a positive integer; got {batch_size!r}")
     if not isinstance(x, torch.Tensor):
@@ -458,6 +509,8 @@ def attribute_slices(
     original_device = _model_device(model)
     run_device = torch.device(device) if device is not None else original_device
     moved = run_device != original_device
+    if weighting == "auto":
+        weighting = "torch" if run_device.type == "cuda" else "numpy"
     if moved:
         model.to(run_device)
 
@@ -490,12 +543,16 @@ def attribute_slices(
                         )
                     leaf = captured[0]
                     g = _gradients(y, leaf)
-                a_np = leaf.detach().float().cpu().numpy()
-                g_np = g.detach().float().cpu().numpy()
-                _, _, h, w = a_np.shape
+                _, _, h, w = leaf.shape
                 if cams is None:
                     cams = np.empty((k_cat, n, h, w), dtype=np.float32)
-                np.maximum(weighting(a_np, g_np), 0, out=cams[:, s:e])
+                if weighting == "torch":
+                    maps = _torch_maps(method, leaf.detach().float(), g.detach().float())
+                    cams[:, s:e] = maps.clamp(min=0).cpu().numpy()
+                else:
+                    a_np = leaf.detach().float().cpu().numpy()
+                    g_np = g.detach().float().cpu().numpy()
+                    np.maximum(numpy_weighting(a_np, g_np), 0, out=cams[:, s:e])
                 slice_scores[:, s:e] = y.detach().float().cpu().numpy().T
                 captured.clear()
                 del y, g, leaf
@@ -524,6 +581,7 @@ def attribute_slices(
         "method": method,
         "target_layer": layer_name,
         "batch_size": batch_size,
+        "weighting": weighting,
         "device": str(run_device),
         "input_shape": [int(v) for v in x.shape],
         "map_shape": [h, w],
@@ -556,6 +614,7 @@ def attribute_volume(
     target_layer: nn.Module | str | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
+    weighting: str = "auto",
 ) -> AttributionResult:
     """Predict the five Likert scores of a CBCT volume and explain them with Grad-CAM and AE.
 
@@ -567,7 +626,7 @@ def attribute_volume(
     volume:
         A :class:`~qa_core.volume.Volume` in HU (preprocessed with ``model.preprocess``), or
         an already preprocessed float tensor ``(N, 1, H, W)``.
-    method, batch_size, target_layer, device, progress:
+    method, batch_size, target_layer, device, progress, weighting:
         As in :func:`attribute_slices`.
 
     Returns
@@ -618,5 +677,6 @@ def attribute_volume(
         target_layer=target_layer,
         device=device,
         progress=progress,
+        weighting=weighting,
         _extra_provenance=extra,
     )

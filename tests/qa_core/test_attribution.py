@@ -108,11 +108,13 @@ def _assert_maps_equal(ours: npt.NDArray[np.float32], ref: npt.NDArray[np.float3
     np.testing.assert_allclose(ours, ref, rtol=1e-5, atol=1e-5 * float(np.abs(ref).max()))
 
 
+@pytest.mark.parametrize("weighting", ["numpy", "torch"])
 @pytest.mark.parametrize("method", METHODS)
-def test_equals_pytorch_grad_cam_raw_maps_tiny(method: str) -> None:
+def test_equals_pytorch_grad_cam_raw_maps_tiny(method: str, weighting: str) -> None:
     model = TinyNet()
     x = _slices(7)
-    result = attribute_slices(model, x, method=method, batch_size=3)
+    result = attribute_slices(model, x, method=method, batch_size=3, weighting=weighting)
+    assert result.provenance["weighting"] == weighting
     ref_model = TinyNet()
     ref = _pgc_raw_maps(ref_model, ref_model.target_layer, method, x)
     _assert_maps_equal(result.cams, ref)
@@ -121,15 +123,15 @@ def test_equals_pytorch_grad_cam_raw_maps_tiny(method: str) -> None:
     assert result.method == method
 
 
-@pytest.mark.slow
+@pytest.mark.parametrize("weighting", ["numpy", "torch"])
 @pytest.mark.parametrize("method", METHODS)
-def test_equals_pytorch_grad_cam_raw_maps_shipped_model(method: str) -> None:
+def test_equals_pytorch_grad_cam_raw_maps_shipped_model(method: str, weighting: str) -> None:
     model = qa_core.load_model(device="cpu")
     rng = np.random.default_rng(5)
     hu = rng.normal(0.0, 400.0, (3, 40, 48)).astype(np.float32)
     hu[:, 10:30, 12:36] += 600.0
     x = model.preprocess(Volume(hu=hu, spacing=(2.0, 1.0, 1.0)))
-    result = attribute_slices(model, x, method=method, batch_size=2)
+    result = attribute_slices(model, x, method=method, batch_size=2, weighting=weighting)
     ref = _pgc_raw_maps(model, model.target_layer, method, x)
     _assert_maps_equal(result.cams, ref)
     assert result.target_layer == model.target_layer_name
@@ -314,6 +316,8 @@ def test_bad_method_lists_valid_ones() -> None:
         AttributionError, match=r"gradcam, gradcam\+\+, xgradcam, hirescam, layercam"
     ):
         attribute_slices(TinyNet(), _slices(2), method="scorecam")
+    with pytest.raises(AttributionError, match="auto, numpy, torch"):
+        attribute_slices(TinyNet(), _slices(2), weighting="jax")
     with pytest.raises(CbctQaError):
         raw_cam("eigencam", np.zeros((1, 1, 1, 1), np.float32), np.zeros((1, 1, 1, 1), np.float32))
 
