@@ -31,6 +31,7 @@ import logging
 import os
 import struct
 import zipfile
+import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -42,7 +43,7 @@ import numpy as np
 import numpy.typing as npt
 import pydicom
 from pydicom.dataset import Dataset
-from pydicom.errors import InvalidDicomError
+from pydicom.errors import BytesLengthException, InvalidDicomError
 from pydicom.pixels.processing import apply_modality_lut
 from pydicom.uid import (
     UID,
@@ -54,6 +55,7 @@ from pydicom.uid import (
 )
 
 from qa_core.errors import (
+    CbctQaError,
     DicomError,
     DuplicateSliceError,
     EmptyInputError,
@@ -344,11 +346,12 @@ def _peek_pixel(fp: IO[bytes], offset: int, ts: UID) -> _PixelInfo | None:
     return _PixelInfo(tag, offset + 8, length)
 
 
-def _truncated_header(ds: Dataset, size: int) -> bool:
-    """True when the last top-level element read runs past (or stops short of) the file end.
+def _truncated_header(ds: Dataset, stop: int, size: int) -> bool:
+    """True when the header parse ended inside an element (a truncated file).
 
-    pydicom stops silently at a short read; a header-only dataset that did not stop at
-    Pixel Data must end exactly at the end of the file.
+    pydicom stops silently at a short read. After ``stop_before_pixels`` the stream sits
+    at ``stop``: the start of Pixel Data, or the end of the file. Either way the last
+    top-level element read must end exactly there and inside the file.
     """
     if len(ds) == 0:
         return True
@@ -357,49 +360,115 @@ def _truncated_header(ds: Dataset, size: int) -> bool:
     length = getattr(last, "length", None)
     if value_tell is None or length is None or length == 0xFFFFFFFF:
         return False
-    return bool(value_tell + length != size)
+    end = int(value_tell) + int(length)
+    return end != stop or end > size
+
+
+_PARSE_ERRORS = (
+    ValueError,
+    NotImplementedError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    OverflowError,
+)
+_READ_ERRORS = (
+    OSError,
+    zipfile.BadZipFile,
+    zlib.error,
+    RuntimeError,
+)  # RuntimeError: encrypted zip
 
 
 def _read_header(src: _Source) -> _Header | None:
-    """Read one file's header; ``None`` (and a warning by the caller) if it is not DICOM."""
+    """Read one file's header; ``None`` (a warning for the caller) if it is not DICOM.
+
+    A file is DICOM when it carries the Part 10 marker ``DICM`` at byte 128; once it does,
+    any failure to parse it is an error (truncated or corrupt), never a silent skip.
+    """
     try:
         with src.opener() as fp:
-            try:
-                ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size=_DEFER_SIZE)
-            except InvalidDicomError:
+            if fp.read(132)[128:132] != b"DICM":
+                if Path(src.name).suffix.lower() in (".dcm", ".dicom"):
+                    raise NotDicomError(
+                        f"{src.name} is named like a DICOM file but has no DICOM header "
+                        f"({src.size} bytes; 'DICM' missing at byte 128): an empty or truncated "
+                        "copy, or not DICOM; copy it again or remove it"
+                    )
                 return None
-            ts = UID(str(ds.file_meta.get("TransferSyntaxUID", ImplicitVRLittleEndian)))
-            stop = fp.tell()
-            pixel: _PixelInfo | None = None
-            pixel_known = True
-            if not ts.is_transfer_syntax or ts.is_deflated or not ts.is_little_endian:
-                pixel_known = False
-            else:
-                pixel = _peek_pixel(fp, stop, ts)
-                if pixel is None and _truncated_header(ds, src.size):
-                    raise TruncatedFileError(
-                        f"{src.name} ends inside its DICOM header ({src.size} bytes): the file "
-                        "is truncated (incomplete copy or transfer); copy or export it again"
-                    )
-                if (
-                    pixel is not None
-                    and pixel.length != 0xFFFFFFFF
-                    and pixel.value_offset + pixel.length > src.size
-                ):
-                    raise TruncatedFileError(
-                        f"{src.name} is truncated: Pixel Data declares {pixel.length} bytes but the "
-                        f"file ends after {max(src.size - pixel.value_offset, 0)}; copy or export "
-                        "the file again"
-                    )
-            return _header_from(ds, src, ts, pixel, pixel_known)
-    except (EOFError, struct.error) as exc:
+            fp.seek(0)
+            return _parse_header(fp, src)
+    except CbctQaError:
+        raise
+    except InvalidDicomError as exc:
         raise TruncatedFileError(
-            f"{src.name} ends unexpectedly ({exc}): the file is truncated; copy or export it again"
+            f"{src.name} has the DICOM marker but its File Meta Information is incomplete "
+            f"({exc}); the file is truncated or corrupt: copy or export it again"
         ) from exc
-    except OSError as exc:
+    except (EOFError, struct.error, BytesLengthException) as exc:
+        raise TruncatedFileError(
+            f"{src.name} ends unexpectedly or has an element shorter than its type needs "
+            f"({' '.join(str(exc).split())[:160]}): the file is truncated or corrupt; copy or "
+            "export it again"
+        ) from exc
+    except _READ_ERRORS as exc:
         raise DicomError(
-            f"cannot read {src.name}: {exc}; check the file's permissions and storage"
+            f"cannot read {src.name}: {exc}; check the file's permissions and storage, or "
+            "re-create the archive"
         ) from exc
+    except _PARSE_ERRORS as exc:
+        raise DicomError(
+            f"{src.name} is a corrupt DICOM file: its header cannot be parsed "
+            f"({' '.join(str(exc).split())[:200]}); re-export the series or remove the file"
+        ) from exc
+
+
+def _parse_header(fp: IO[bytes], src: _Source) -> _Header:
+    ds = pydicom.dcmread(fp, stop_before_pixels=True, defer_size=_DEFER_SIZE)
+    ts = UID(str(ds.file_meta.get("TransferSyntaxUID", ImplicitVRLittleEndian)))
+    known = ts.is_transfer_syntax
+    pixel_known = known and ts.is_little_endian and not ts.is_deflated
+    stop = fp.tell()
+    if not (known and ts.is_deflated) and _truncated_header(ds, stop, src.size):
+        raise TruncatedFileError(
+            f"{src.name} ends inside its DICOM header ({src.size} bytes): the file "
+            "is truncated (incomplete copy or transfer); copy or export it again"
+        )
+    pixel = _peek_pixel(fp, stop, ts) if pixel_known else None
+    if (
+        pixel is not None
+        and pixel.length != 0xFFFFFFFF
+        and pixel.value_offset + pixel.length > src.size
+    ):
+        raise TruncatedFileError(
+            f"{src.name} is truncated: Pixel Data declares {pixel.length} bytes but the "
+            f"file ends after {max(src.size - pixel.value_offset, 0)}; copy or export "
+            "the file again"
+        )
+    header = _header_from(ds, src, ts, pixel, pixel_known)
+    if (
+        pixel is None
+        and pixel_known
+        and header.sop_class in (CTImageStorage, EnhancedCTImageStorage)
+    ):
+        absent = [
+            k
+            for k, v in (
+                ("SeriesInstanceUID", header.series_uid),
+                ("Rows", header.rows),
+                ("Columns", header.cols),
+                ("ImagePositionPatient", header.position),
+            )
+            if not v
+        ]
+        if absent:  # a CT image cut at an element boundary: pydicom reads it without complaint
+            raise TruncatedFileError(
+                f"{src.name} is a CT image file but ends after {src.size} bytes without "
+                f"{', '.join(absent)} or Pixel Data: the file is truncated or stripped; copy "
+                "or export it again"
+            )
+    return header
 
 
 def _header_from(
@@ -922,26 +991,23 @@ def _read_general(h: _Header, out: npt.NDArray[np.float32]) -> None:
     try:
         with h.source.opener() as fp:
             ds = pydicom.dcmread(fp)
-    except (EOFError, struct.error) as exc:
-        raise TruncatedFileError(
-            f"{h.source.name} is truncated ({exc}); copy or export it again"
-        ) from exc
-    if not any(t in ds for t in _PIXEL_TAGS):
-        raise NoPixelDataError(
-            f"{h.source.name} has no Pixel Data; re-export the series with its images"
-        )
-    try:
+        if not any(t in ds for t in _PIXEL_TAGS):
+            raise NoPixelDataError(
+                f"{h.source.name} has no Pixel Data; re-export the series with its images"
+            )
         arr = ds.pixel_array
+        if arr.shape != out.shape:
+            raise MixedMatrixError(
+                f"{h.source.name}: decoded pixel array {arr.shape} does not match Rows x "
+                f"Columns {out.shape}; the header is inconsistent: re-export the series"
+            )
+        out[...] = apply_modality_lut(arr, ds)
+    except CbctQaError:
+        raise
     except (RuntimeError, NotImplementedError) as exc:
         raise _unsupported(h, exc) from exc
-    except (ValueError, EOFError, struct.error) as exc:
+    except (EOFError, struct.error, BytesLengthException, *_PARSE_ERRORS) as exc:
         raise _decode_error(h, exc) from exc
-    if arr.shape != out.shape:
-        raise MixedMatrixError(
-            f"{h.source.name}: decoded pixel array {arr.shape} does not match Rows x Columns "
-            f"{out.shape}; the header is inconsistent: re-export the series"
-        )
-    out[...] = apply_modality_lut(arr, ds)
 
 
 def _unsupported(h: _Header, exc: Exception) -> DicomError:
@@ -1064,10 +1130,13 @@ def load_series(
         headers = [chosen[i] for i in geom.order]
         hu = np.empty((len(headers), geom.rows, geom.cols), dtype=np.float32)
         for k, h in enumerate(headers):
-            if _fast_path(h):
-                _read_fast(h, hu[k])
-            else:
-                _read_general(h, hu[k])
+            try:
+                (_read_fast if _fast_path(h) else _read_general)(h, hu[k])
+            except _READ_ERRORS as exc:  # the file vanished or the archive is damaged
+                raise DicomError(
+                    f"cannot read pixel data of {h.source.name}: {exc}; check the file and "
+                    "its storage, or re-create the archive"
+                ) from exc
     for h in headers:
         if h.slope is None and h.intercept is None and not h.modality_lut:
             warnings.append(

@@ -513,3 +513,35 @@ def test_deflated_transfer_syntax(tmp_path: Path) -> None:
     vol = load_series(tmp_path)
     assert np.abs(vol.hu - hu).max() <= 0.5 + 1e-3
     assert vol.provenance["transfer_syntaxes"] == [DeflatedExplicitVRLittleEndian]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom warns about the broken values
+def test_every_truncation_point_fails_loudly(tmp_path: Path) -> None:
+    """A slice cut anywhere never loads silently (a dropped end slice would go unnoticed)."""
+    _, paths = _series(tmp_path, shape=(3, 6, 5))
+    whole = paths[2].read_bytes()
+    seen: set[type] = set()
+    for cut in range(0, len(whole), 5):
+        paths[2].write_bytes(whole[:cut])
+        with pytest.raises((TruncatedFileError, NotDicomError, NoPixelDataError)) as info:
+            load_series(tmp_path)
+        assert "CT0002.dcm" in str(info.value)
+        seen.add(type(info.value))
+    assert TruncatedFileError in seen
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_corrupted_bytes_raise_only_project_errors(tmp_path: Path) -> None:
+    _, paths = _series(tmp_path, shape=(3, 6, 5))
+    whole = paths[1].read_bytes()
+    rng = np.random.default_rng(11)
+    for _ in range(120):
+        data = bytearray(whole)
+        for i in rng.integers(132, len(data) - 60, size=3):  # header bytes, past the preamble
+            data[int(i)] = int(rng.integers(0, 256))
+        paths[1].write_bytes(bytes(data))
+        try:
+            vol = load_series(tmp_path)
+        except CbctQaError:
+            continue
+        assert vol.hu.dtype == np.float32 and vol.hu.ndim == 3
