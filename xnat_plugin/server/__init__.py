@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import TracebackType
@@ -168,8 +169,10 @@ class RunningServer:
             return
         self._httpd.shutdown()
         self._httpd.server_close()
+        self._httpd.close_connections()
         if self._thread is not None:
             self._thread.join(timeout=10)
+        time.sleep(0.05)  # let handler threads see their closed sockets before the db closes
         self._httpd.app.close()
         self._httpd = None
         self._thread = None

@@ -208,7 +208,7 @@ class XnatApp:
         self.config = config
         self.store = Store(config.data_dir, config.database_url)
         self.schemas = SchemaCatalog(list(config.schema_dirs) or None)
-        self.sessions = SessionTable()
+        self.sessions = SessionTable(self.store)
         self.faults = FaultInjector(config.faults)
         self._verified: dict[str, str] = {}
         self._verified_lock = threading.Lock()
@@ -734,7 +734,8 @@ class XnatApp:
 
     def _columns_table(self, req: Request, rows: list[dict[str, str]],
                        objs: list[ObjectRow | None] | list[ObjectRow],
-                       index: srch.ObjectIndex | None, fmt: str) -> Response:
+                       index: srch.ObjectIndex | None, fmt: str,
+                       allow_columns: bool = True) -> Response:
         pairs = list(zip(rows, objs, strict=True))
         # filters
         for key, value in req.query.items():
@@ -755,7 +756,7 @@ class XnatApp:
         offset = _int_param(req, "offset", 0)
         limit = _int_param(req, "limit", -1)
         pairs = pairs[offset:] if limit < 0 else pairs[offset:offset + limit]
-        columns_param = req.param("columns")
+        columns_param = req.param("columns") if allow_columns else None
         columns: list[str] | None = None
         if columns_param and columns_param.upper() != "DEFAULT":
             columns = [c for c in columns_param.split(",") if c]
@@ -782,7 +783,8 @@ class XnatApp:
 
     def _resource_listing(self, req: Request, tx: Tx, node: Node, fmt: str) -> Response:
         rows = self._resource_rows(tx, tx.resources(node.owner_key))
-        return self._columns_table(req, rows, [None] * len(rows), None, fmt)
+        # XNAT ignores ``columns`` on resource listings (xnatpy relies on that)
+        return self._columns_table(req, rows, [None] * len(rows), None, fmt, allow_columns=False)
 
     # -- single objects -------------------------------------------------------------------
     def _get_object(self, req: Request, node: Node) -> Response:
@@ -1830,11 +1832,34 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class XnatHTTPServer(ThreadingHTTPServer):
-    """Threaded HTTP server bound to one :class:`XnatApp`."""
+    """Threaded HTTP server bound to one :class:`XnatApp`; tracks open connections so that
+    :meth:`close_connections` ends keep-alive connections when the server stops."""
 
     daemon_threads = True
     allow_reuse_address = True
 
     def __init__(self, address: tuple[str, int], app: XnatApp) -> None:
         self.app = app
+        self._open: set[Any] = set()
+        self._open_lock = threading.Lock()
         super().__init__(address, _Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """Shut down every open client connection (their handler threads then exit)."""
+        with self._open_lock:
+            conns = list(self._open)
+        for conn in conns:
+            try:
+                conn.shutdown(2)
+            except OSError:
+                pass

@@ -1,8 +1,8 @@
 """Users, login sessions and project roles of the local XNAT server, as XNAT grants them.
 
 Passwords are stored as salted scrypt hashes (``scrypt$n$r$p$salt$hash``) and compared in
-constant time; they never appear in logs. A login (``PUT /data/services/auth``, Basic auth on
-``/data/JSESSION`` or any request) yields a random 32-hex-digit ``JSESSIONID``.
+constant time; they never appear in logs. A login (``PUT /data/services/auth`` or Basic auth on
+``/data/JSESSION``) yields a random 32-hex-digit ``JSESSIONID``, stored in the database.
 
 Access, per project, as XNAT's default roles:
 
@@ -24,9 +24,12 @@ import base64
 import hashlib
 import hmac
 import secrets
-import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .store import Store
 
 __all__ = [
     "ROLES",
@@ -115,41 +118,31 @@ class Access:
 
 
 class SessionTable:
-    """In-memory JSESSIONID -> login table with idle expiry (XNAT's default: 15 minutes)."""
+    """JSESSIONID -> login, kept in the server's database so sessions survive a restart, with
+    idle expiry (XNAT's default: 15 minutes)."""
 
-    def __init__(self, idle_timeout_s: float = 900.0) -> None:
+    def __init__(self, store: Store, idle_timeout_s: float = 900.0) -> None:
+        self.store = store
         self.idle_timeout_s = idle_timeout_s
-        self._lock = threading.Lock()
-        self._sessions: dict[str, tuple[str, float]] = {}
 
     def create(self, login: str) -> str:
         """A new session token for ``login``."""
         token = secrets.token_hex(16).upper()
-        with self._lock:
-            self._sessions[token] = (login, time.monotonic())
+        with self.store.transaction() as tx:
+            tx.add_session(token, login, time.time())
         return token
 
     def lookup(self, token: str) -> str | None:
         """Login of a live session (refreshing its idle timer), or None."""
-        with self._lock:
-            entry = self._sessions.get(token)
-            if entry is None:
-                return None
-            login, last = entry
-            now = time.monotonic()
-            if now - last > self.idle_timeout_s:
-                del self._sessions[token]
-                return None
-            self._sessions[token] = (login, now)
-            return login
+        with self.store.transaction() as tx:
+            return tx.session_login(token, time.time(), self.idle_timeout_s)
 
     def drop(self, token: str) -> None:
         """End a session (logout)."""
-        with self._lock:
-            self._sessions.pop(token, None)
+        with self.store.transaction() as tx:
+            tx.drop_sessions(token=token)
 
     def drop_user(self, login: str) -> None:
         """End every session of ``login`` (password changed, user disabled)."""
-        with self._lock:
-            for token in [t for t, (u, _) in self._sessions.items() if u == login]:
-                del self._sessions[token]
+        with self.store.transaction() as tx:
+            tx.drop_sessions(login=login)

@@ -80,6 +80,8 @@ CREATE TABLE IF NOT EXISTS files (
     digest TEXT NOT NULL, format TEXT NOT NULL DEFAULT '', content TEXT NOT NULL DEFAULT '',
     tags TEXT NOT NULL DEFAULT '', stored_name TEXT NOT NULL, insert_date TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS files_resource ON files (resource_pk);
+CREATE TABLE IF NOT EXISTS login_sessions (
+    token TEXT PRIMARY KEY, login TEXT NOT NULL, last_seen DOUBLE PRECISION NOT NULL);
 """
 
 
@@ -230,6 +232,28 @@ class Tx:
                 "INSERT INTO project_users (project, login, role) VALUES (?, ?, ?)",
                 (project, login, role),
             )
+
+    # -- login sessions -------------------------------------------------------------------
+    def session_login(self, token: str, now: float, idle_timeout_s: float) -> str | None:
+        """Login of a live session token (refreshing it); expired tokens are removed."""
+        rows = self.rows("SELECT login, last_seen FROM login_sessions WHERE token = ?", (token,))
+        if not rows:
+            return None
+        if now - float(rows[0]["last_seen"]) > idle_timeout_s:
+            self.execute("DELETE FROM login_sessions WHERE token = ?", (token,))
+            return None
+        self.execute("UPDATE login_sessions SET last_seen = ? WHERE token = ?", (now, token))
+        return str(rows[0]["login"])
+
+    def add_session(self, token: str, login: str, now: float) -> None:
+        self.execute("INSERT INTO login_sessions (token, login, last_seen) VALUES (?, ?, ?)",
+                     (token, login, now))
+
+    def drop_sessions(self, token: str | None = None, login: str | None = None) -> None:
+        if token is not None:
+            self.execute("DELETE FROM login_sessions WHERE token = ?", (token,))
+        if login is not None:
+            self.execute("DELETE FROM login_sessions WHERE login = ?", (login,))
 
     # -- projects -------------------------------------------------------------------------
     def project(self, ref: str) -> ProjectRow | None:
