@@ -1,0 +1,487 @@
+"""Tests for the XNAT plugin sources (``xnat_plugin/plugin``), which cannot be built here.
+
+XNAT's artifact repository is unreachable, so the JAR is never built in CI. What these tests
+check instead is that the pieces agree with each other and with the schema, exactly as XNAT
+needs them to: the plugin id and datatypes in the Java annotation, ``gradle.properties``, the
+display documents' elements and fields, the template file names and the fields they show or
+post, the Gradle rule that packs ``../schema/cbctqa.xsd`` (one copy only), and the automation
+script's Prefect event, timeouts and error handling.
+
+The Velocity templates are parsed and rendered with ``airspeed`` (a Python implementation of
+Velocity) in a small stand-in for XNAT's template context that records which schema paths a
+template reads.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import airspeed
+import pytest
+from lxml import etree
+
+from qa_core.categories import CATEGORIES
+from xnat_plugin.schema import CBCTQA_NAMESPACE, schema_path
+
+XS = "{http://www.w3.org/2001/XMLSchema}"
+PLUGIN = Path(__file__).resolve().parents[2] / "xnat_plugin" / "plugin"
+RESOURCES = PLUGIN / "src" / "main" / "resources"
+SCREENS = RESOURCES / "META-INF" / "resources" / "templates" / "screens"
+JAVA = PLUGIN / "src" / "main" / "java" / "org" / "cbctqa" / "xnat" / "plugin" / "CbctQaPlugin.java"
+GROOVY = RESOURCES / "scripts" / "cbctqa_notify_prefect.groovy"
+
+#: Fields every assessor has from its XNAT base types, usable in forms and display documents.
+INHERITED = {"ID", "label", "project", "date", "imageSession_ID", "meta/insert_date"}
+
+
+# --------------------------------------------------------------------------- readers
+
+
+def _schema() -> etree._Element:
+    return etree.parse(str(schema_path("cbctqa"))).getroot()
+
+
+def _schema_prefix() -> str:
+    (prefix,) = [p for p, ns in _schema().nsmap.items() if ns == CBCTQA_NAMESPACE]
+    assert prefix is not None
+    return prefix
+
+
+def _schema_types() -> dict[str, list[str]]:
+    """``{"cbctqa:<type>": [own field names in order]}`` from cbctqa.xsd."""
+    prefix = _schema_prefix()
+    types = {}
+    for complex_type in _schema().findall(XS + "complexType"):
+        sequence = complex_type.find(f"{XS}complexContent/{XS}extension/{XS}sequence")
+        assert sequence is not None
+        types[f"{prefix}:{complex_type.get('name')}"] = [
+            e.get("name") for e in sequence.findall(XS + "element")
+        ]
+    return types
+
+
+def _gradle_properties() -> dict[str, str]:
+    properties = {}
+    for line in (PLUGIN / "gradle.properties").read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            properties[key.strip()] = value.strip()
+    return properties
+
+
+@dataclass(frozen=True)
+class PluginAnnotation:
+    """The values of ``@XnatPlugin`` and its ``@XnatDataModel`` entries in the Java source."""
+
+    plugin_id: str
+    name: str
+    data_models: list[dict[str, str]]
+
+
+def _java_annotation() -> PluginAnnotation:
+    source = JAVA.read_text(encoding="utf-8")
+    constants = dict(re.findall(r'static final String (\w+)\s*=\s*"([^"]*)";', source))
+
+    def value(expression: str) -> str:
+        expression = expression.strip()
+        literal = re.fullmatch(r'"([^"]*)"', expression)
+        if literal:
+            return literal.group(1)
+        constant = re.fullmatch(r"(?:CbctQaPlugin\.)?(\w+)", expression)
+        assert constant and constant.group(1) in constants, f"cannot resolve {expression!r}"
+        return constants[constant.group(1)]
+
+    annotation = source[source.index("@XnatPlugin(") : source.index("public class")]
+    models = []
+    for body in re.findall(r"@XnatDataModel\((.*?)\)", annotation, re.S):
+        models.append({k: value(v) for k, v in re.findall(r"(\w+)\s*=\s*([^,]+?)\s*(?:,|$)", body)})
+    head = annotation.split("dataModels")[0]
+    plugin_id = re.search(r"value\s*=\s*([^,]+),", head)
+    name = re.search(r'name\s*=\s*("[^"]*")', head)
+    assert plugin_id and name
+    return PluginAnnotation(value(plugin_id.group(1)), value(name.group(1)), models)
+
+
+# --------------------------------------------------------------------------- names agree
+
+
+def test_plugin_id_and_datatypes_agree_everywhere() -> None:
+    annotation = _java_annotation()
+    properties = _gradle_properties()
+    schema_types = _schema_types()
+    assert annotation.plugin_id == properties["xnatPluginId"] == "cbctqaPlugin"
+    assert annotation.name
+    models = [m["value"] for m in annotation.data_models]
+    assert models == properties["xnatDataModels"].split(",")
+    assert set(models) == set(schema_types) == {"cbctqa:qaAssessmentData", "cbctqa:ratingData"}
+    assert properties["xnatSchemaPrefix"] == _schema_prefix() == "cbctqa"
+    for model in annotation.data_models:
+        assert model["singular"] and model["plural"] and model["singular"] != model["plural"]
+        assert re.fullmatch(r"[A-Z0-9]{2,10}", model["code"]), model
+    assert len({m["code"] for m in annotation.data_models}) == len(models)
+    # every schema type extends the XNAT assessor base, as the plugin class documents
+    for complex_type in _schema().findall(XS + "complexType"):
+        extension = complex_type.find(f"{XS}complexContent/{XS}extension")
+        assert extension is not None and extension.get("base") == "xnat:imageAssessorData"
+
+
+def test_resource_layout_matches_datatypes() -> None:
+    prefix = _schema_prefix()
+    types = [t.split(":")[1] for t in _schema_types()]
+    displays = sorted(p.name for p in (RESOURCES / "schemas" / prefix / "display").iterdir())
+    assert displays == sorted(f"{prefix}_{t}_display.xml" for t in types)
+    screens = sorted(p.name for p in SCREENS.iterdir())
+    expected = [f"XDATScreen_report_{prefix}_{t}.vm" for t in types]
+    expected.append(f"XDATScreen_edit_{prefix}_ratingData.vm")
+    assert screens == sorted(expected)
+    # the schema has one copy: the build stages ../schema/cbctqa.xsd, nothing is checked in here
+    assert not (RESOURCES / "schemas" / prefix / f"{prefix}.xsd").exists()
+
+
+def test_gradle_build_packs_the_one_schema() -> None:
+    build = (PLUGIN / "build.gradle").read_text(encoding="utf-8")
+    settings = (PLUGIN / "settings.gradle").read_text(encoding="utf-8")
+    properties = _gradle_properties()
+    copied = re.search(r'from\(file\("([^"]+)"\)\)', build)
+    assert copied and (PLUGIN / copied.group(1)).resolve() == schema_path("cbctqa")
+    assert 'into(stagedSchemaRoot.map { it.dir("schemas/${xnatSchemaPrefix}") })' in build
+    assert 'srcDir files(stagedSchemaRoot).builtBy("stageCbctqaSchema")' in build
+    assert re.search(
+        r'tasks\.named\("xnatDataBuilder"\)\s*\{\s*dependsOn "stageCbctqaSchema"', build
+    )
+    assert 'compileJava.dependsOn "xnatDataBuilder"' in build
+    assert 'id "org.nrg.xnat.build.xnat-data-builder" version "${vXnatDataBuilder}"' in build
+    assert 'mavenBom "org.nrg:parent:${vXnat}"' in build
+    nrg = "https://nrgxnat.jfrog.io/nrgxnat/libs-release"
+    assert nrg in build and nrg in settings
+    assert re.fullmatch(r"1\.8\.\d+", properties["vXnat"])
+    assert "JavaVersion.VERSION_1_8" in build
+
+
+# --------------------------------------------------------------------------- display documents
+
+
+@pytest.mark.parametrize("xsi_type", ["cbctqa:qaAssessmentData", "cbctqa:ratingData"])
+def test_display_document_lists_every_field(xsi_type: str) -> None:
+    prefix, name = xsi_type.split(":")
+    path = RESOURCES / "schemas" / prefix / "display" / f"{prefix}_{name}_display.xml"
+    root = etree.parse(str(path)).getroot()
+    assert root.tag == "Displays" and root.get("schema-element") == xsi_type
+    fields = root.findall("DisplayField")
+    ids = [f.get("id") for f in fields]
+    assert len(ids) == len(set(ids)), "duplicate DisplayField ids"
+    searchable: dict[str, str] = {}
+    own_fields = set(_schema_types()[xsi_type])
+    for display_field in fields:
+        for element in display_field.findall("DisplayFieldElement"):
+            target = element.get("schema-element")
+            assert target is not None
+            if target.startswith(xsi_type + "/"):
+                assert target.split("/", 1)[1] in own_fields | INHERITED, target
+                if display_field.get("searchable") == "true":
+                    searchable[target.split("/", 1)[1]] = display_field.get("id") or ""
+    missing = [f for f in _schema_types()[xsi_type] if f not in searchable]
+    assert not missing, f"schema fields without a searchable display field: {missing}"
+    for reference in root.iter("DisplayFieldRef"):
+        assert reference.get("id") in ids
+    for field_id in ("EXPT_ID", "SESSION_ID", "PROJECT", "DATE", "LABEL"):
+        assert field_id in ids
+    versions = {v.get("versionName") for v in root.findall("DisplayVersion")}
+    assert {"listing", "full"} <= versions
+    arcs = {a.get("name") for a in root.findall("Arc")}
+    assert "ASSESSOR" in arcs
+
+
+# --------------------------------------------------------------------------- templates
+
+
+@dataclass
+class RecordingItem:
+    """XNAT's ``$item`` as a template sees it: ``getProperty(path)`` over stored values."""
+
+    values: dict[str, Any]
+    read: set[str] = field(default_factory=set)
+
+    def getProperty(self, path: str) -> Any:
+        self.read.add(path)
+        return self.values.get(path)
+
+
+class _Escape:
+    def html(self, value: Any) -> str:
+        return "" if value is None else html.escape(str(value))
+
+
+@dataclass
+class _User:
+    login: str
+
+    def getUsername(self) -> str:
+        return self.login
+
+
+@dataclass
+class _Scan:
+    scan_id: str
+    scan_type: str
+    description: str
+
+    def getId(self) -> str:
+        return self.scan_id
+
+    def getType(self) -> str:
+        return self.scan_type
+
+    def getSeriesDescription(self) -> str:
+        return self.description
+
+
+@dataclass
+class _Session:
+    label: str
+    project: str
+    scans: list[_Scan]
+
+    def getLabel(self) -> str:
+        return self.label
+
+    def getProject(self) -> str:
+        return self.project
+
+    def getSortedScans(self) -> list[_Scan]:
+        return self.scans
+
+
+@dataclass
+class _Bean:
+    session: _Session | None
+
+    def getImageSessionData(self) -> _Session | None:
+        return self.session
+
+
+class _Page:
+    def setTitle(self, title: str) -> str:
+        return ""
+
+
+class _Link:
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+
+    def setAction(self, action: str) -> _Link:
+        self.parts = [f"/app/action/{action}"]
+        return self
+
+    def addPathInfo(self, key: str, value: str) -> _Link:
+        self.parts.append(f"/{key}/{value}")
+        return self
+
+    def __str__(self) -> str:
+        return "".join(self.parts)
+
+
+class _Content:
+    def getURI(self, path: str) -> str:
+        return "/xnat" + path
+
+
+def _render(
+    template: str, item: RecordingItem, user: str = "alice", session: _Session | None = None
+) -> str:
+    context = {
+        "item": item,
+        "om": _Bean(session),
+        "user": _User(user),
+        "esc": _Escape(),
+        "page": _Page(),
+        "link": _Link(),
+        "content": _Content(),
+    }
+    return str(airspeed.Template((SCREENS / template).read_text(encoding="utf-8")).merge(context))
+
+
+@pytest.mark.parametrize(
+    ("template", "xsi_type"),
+    [
+        ("XDATScreen_report_cbctqa_qaAssessmentData.vm", "cbctqa:qaAssessmentData"),
+        ("XDATScreen_report_cbctqa_ratingData.vm", "cbctqa:ratingData"),
+        ("XDATScreen_edit_cbctqa_ratingData.vm", "cbctqa:ratingData"),
+    ],
+)
+def test_templates_read_every_field(template: str, xsi_type: str) -> None:
+    item = RecordingItem({f"{xsi_type}/status": "complete", f"{xsi_type}/rater": "alice"})
+    session = _Session("S001", "HN", [_Scan("2", "CBCT", "H&N")])
+    rendered = _render(template, item, session=session)
+    assert "$!" not in rendered and "#end" not in rendered and "#if" not in rendered
+    fields = {p.split("/", 1)[1] for p in item.read if p.startswith(xsi_type + "/")}
+    assert {p.split("/", 1)[0] for p in item.read} == {xsi_type}
+    missing = sorted(set(_schema_types()[xsi_type]) - fields)
+    assert not missing, f"{template} never reads {missing}"
+    assert fields <= set(_schema_types()[xsi_type]) | INHERITED
+
+
+def test_report_flags_outliers_and_failures() -> None:
+    x = "cbctqa:qaAssessmentData"
+    item = RecordingItem(
+        {
+            f"{x}/status": "failed",
+            f"{x}/failure_reason": "DICOM <no pixel data>",
+            f"{x}/larynx_outlier": "true",
+            f"{x}/larynx_outlier_reason": "robust z 4.2",
+        }
+    )
+    rendered = _render("XDATScreen_report_cbctqa_qaAssessmentData.vm", item)
+    assert "Scoring failed: DICOM &lt;no pixel data&gt;" in rendered  # escaped, not raw HTML
+    assert rendered.count('class="cbctqa-outlier"') == 1
+    queued = _render(
+        "XDATScreen_report_cbctqa_qaAssessmentData.vm", RecordingItem({f"{x}/status": "queued"})
+    )
+    assert "Status: queued" in queued and "Scoring failed" not in queued
+
+
+def _form_inputs(rendered: str) -> list[dict[str, str]]:
+    document = etree.HTML(rendered)
+    inputs = []
+    for element in document.iter("input", "select", "textarea"):
+        attributes = {k: v for k, v in element.attrib.items()}
+        attributes["tag"] = element.tag
+        inputs.append(attributes)
+    return inputs
+
+
+def test_rating_form_for_a_new_rating() -> None:
+    x = "cbctqa:ratingData"
+    item = RecordingItem({f"{x}/imageSession_ID": "XNAT_E00001"})
+    session = _Session("S 001/a", "HN_CBCT", [_Scan("2", "CBCT", "H&N"), _Scan("3", "CBCT", "")])
+    rendered = _render("XDATScreen_edit_cbctqa_ratingData.vm", item, user="dr.bob", session=session)
+    inputs = _form_inputs(rendered)
+    by_name = {i["name"]: i for i in inputs if i.get("type") != "radio" and "name" in i}
+    # rater: the logged-in user, read-only; label per the contract, sanitised
+    assert by_name[f"{x}/rater"]["value"] == "dr.bob" and "readonly" in by_name[f"{x}/rater"]
+    assert by_name[f"{x}/label"]["value"] == "S_001_a_rating_dr_bob"
+    assert by_name[f"{x}/project"]["value"] == "HN_CBCT"
+    assert by_name[f"{x}/imageSession_ID"]["value"] == "XNAT_E00001"
+    assert by_name["ELEMENT_0"]["value"] == x
+    # one 1..5 radio group per category, none preselected, each required
+    radios = [i for i in inputs if i.get("type") == "radio"]
+    groups: dict[str, list[str]] = {}
+    for radio in radios:
+        groups.setdefault(radio["name"], []).append(radio["value"])
+        assert "required" in radio and "checked" not in radio
+    assert groups == {f"{x}/{c}": ["1", "2", "3", "4", "5"] for c in CATEGORIES}
+    # scan selector lists the session's scans, plus "whole session"
+    document = etree.HTML(rendered)
+    options = [o.get("value") for o in document.iter("option")]
+    assert options == ["", "2", "3"]
+    # comments and a submit button; every posted field is a real schema path
+    assert by_name[f"{x}/comments"]["tag"] == "textarea"
+    assert any(i.get("type") == "submit" for i in inputs)
+    allowed = {f"{x}/{f}" for f in _schema_types()[x]} | {f"{x}/{f}" for f in INHERITED}
+    posted = {i["name"] for i in inputs if i.get("name", "").startswith("cbctqa:")}
+    assert posted <= allowed and {f"{x}/{c}" for c in CATEGORIES} <= posted
+
+
+def test_rating_form_edits_own_rating_and_locks_others() -> None:
+    x = "cbctqa:ratingData"
+    values = {
+        f"{x}/ID": "XNAT_E00009",
+        f"{x}/label": "S001_rating_alice",
+        f"{x}/rater": "alice",
+        f"{x}/scan_id": "3",
+        f"{x}/parotid": 4,
+        f"{x}/overall": 2,
+        f"{x}/comments": "<script>x</script>",
+    }
+    session = _Session("S001", "HN", [_Scan("2", "CBCT", ""), _Scan("3", "CBCT", "")])
+    own = _render("XDATScreen_edit_cbctqa_ratingData.vm", RecordingItem(values), "alice", session)
+    checked = {(i["name"], i["value"]) for i in _form_inputs(own) if "checked" in i}
+    assert checked == {(f"{x}/parotid", "4"), (f"{x}/overall", "2")}
+    selected = [o.get("value") for o in etree.HTML(own).iter("option") if o.get("selected")]
+    assert selected == ["3"]
+    assert "<script>x</script>" not in own and "&lt;script&gt;" in own
+    assert any(i.get("type") == "submit" for i in _form_inputs(own))
+    other = _render("XDATScreen_edit_cbctqa_ratingData.vm", RecordingItem(values), "bob", session)
+    other_inputs = _form_inputs(other)
+    assert not any(i.get("type") == "submit" for i in other_inputs)
+    assert all("disabled" in i for i in other_inputs if i.get("type") == "radio")
+    rater = next(i for i in other_inputs if i.get("name") == f"{x}/rater")
+    assert rater["value"] == "alice"  # an existing rating keeps its rater
+
+
+# --------------------------------------------------------------------------- automation script
+
+
+def _groovy() -> str:
+    return GROOVY.read_text(encoding="utf-8")
+
+
+def _code_only(source: str) -> str:
+    """The script without comments (so that documentation cannot satisfy a check)."""
+    source = re.sub(r"/\*.*?\*/", "", source, flags=re.S)
+    return re.sub(r"(?m)^\s*//.*$", "", source)
+
+
+def test_groovy_script_sends_the_agreed_prefect_event() -> None:
+    code = _code_only(_groovy())
+    assert re.search(r'EVENT_NAME\s*=\s*"xnat\.session\.archived"', code)
+    assert re.search(r'"prefect\.resource\.id"\s*:\s*"xnat\.session\.\$\{sessionId\}"', code)
+    assert re.search(r'apiUrl\.replaceAll\("/\+\\\$", ""\) \+ "/events"', code)
+    assert 'setRequestMethod("POST")' in code
+    assert re.search(r'SESSION_TYPES\s*=\s*\["xnat:ctSessionData"\]', code)
+    payload = re.search(r"payload\s*:\s*\[(.*?)\]", code, re.S)
+    assert payload
+    keys = set(re.findall(r"(\w+)\s*:", payload.group(1)))
+    assert {"project", "subject", "label", "uri", "session_id"} <= keys
+
+
+def test_groovy_event_fields_are_prefects() -> None:
+    from prefect.events.schemas.events import Event
+
+    code = _code_only(_groovy())
+    body = code[code.index("return [[") : code.index("]]", code.index("return [["))]
+    top_level = set(re.findall(r"^\s{12}(\w+)\s*:", body, re.M))
+    required = {n for n, f in Event.model_fields.items() if f.is_required()}
+    assert required <= top_level <= set(Event.model_fields)
+
+
+def test_groovy_script_never_blocks_or_throws() -> None:
+    code = _code_only(_groovy())
+    connect = re.search(r"CONNECT_TIMEOUT_MS\s*=\s*(\d+)", code)
+    read = re.search(r"READ_TIMEOUT_MS\s*=\s*(\d+)", code)
+    attempts = re.search(r"MAX_ATTEMPTS\s*=\s*(\d+)", code)
+    assert connect and read and attempts
+    assert 0 < int(connect.group(1)) <= 10_000 and 0 < int(read.group(1)) <= 30_000
+    assert "setConnectTimeout(CONNECT_TIMEOUT_MS)" in code
+    assert "setReadTimeout(READ_TIMEOUT_MS)" in code
+    # worst case per event stays well under a minute
+    assert int(attempts.group(1)) * (int(connect.group(1)) + int(read.group(1))) <= 60_000
+    assert not re.search(r"\bthrow\b", code), "the script must never rethrow"
+    main = code[code.rindex("\ntry {") :]
+    assert re.search(r"\ntry \{.*\n\} catch \(Exception e\) \{\n\s*log\.error", main, re.S)
+    assert "catch (IOException e)" in code  # network errors are retried, not raised
+    # an API key may be sent, but is never logged
+    for call in re.findall(r"log\.\w+\((.*?)\)\n", code, re.S):
+        assert "apiKey" not in call
+
+
+# --------------------------------------------------------------------------- README
+
+
+def test_readme_documents_install_and_push() -> None:
+    readme = (PLUGIN / "README.md").read_text(encoding="utf-8")
+    for needle in (
+        "plugins/",
+        "restart",
+        "Administer → Automation",
+        "prefect_api_url",
+        "xnat.session.archived",
+        "polling",
+        "nrgxnat.jfrog.io",
+    ):
+        assert needle in readme, needle
