@@ -35,7 +35,7 @@ import zlib
 from collections import Counter
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -174,8 +174,14 @@ def _max_files(settings: Settings) -> int:
     return 4 * settings.max_slices + 1024
 
 
-def _collect(source: Any, stack: ExitStack, settings: Settings) -> tuple[list[_Source], str]:
-    """Expand ``source`` into input files; returns them and a description for messages."""
+def _collect(
+    source: Any, stack: ExitStack, settings: Settings
+) -> tuple[list[_Source], str, list[str]]:
+    """Expand ``source`` into input files.
+
+    Returns the files, a description of the input for messages, and the inputs as given
+    (folder, archive or file paths) for the provenance.
+    """
     items: Sequence[Any]
     if isinstance(source, (str, os.PathLike)):
         items = [source]
@@ -225,7 +231,7 @@ def _collect(source: Any, stack: ExitStack, settings: Settings) -> tuple[list[_S
         raise EmptyInputError(
             f"{label} holds no files; pass the folder, zip or files of one DICOM series"
         )
-    return out, label
+    return out, label, [str(i) for i in items]
 
 
 def _has_dicm(path: Path) -> bool:
@@ -280,7 +286,7 @@ class _Header:
     frames: int
     pixel: _PixelInfo | None
     pixel_known: bool  # False when the header pass cannot tell (deflated data)
-    extra: dict[str, Any] = field(default_factory=dict)
+    pixel_padding_value: float | None
 
 
 def _get(ds: Dataset, keyword: str, default: Any = None) -> Any:
@@ -506,7 +512,7 @@ def _header_from(
         frames=_number(ds, "NumberOfFrames", name, int) or 1,
         pixel=pixel,
         pixel_known=pixel_known,
-        extra={"pixel_padding_value": _number(ds, "PixelPaddingValue", name)},
+        pixel_padding_value=_number(ds, "PixelPaddingValue", name),
     )
 
 
@@ -569,13 +575,14 @@ class _Scan:
     """Result of the header pass over all inputs."""
 
     label: str
+    inputs: list[str]
     groups: dict[str, list[_Header]]
     warnings: list[str]
-    n_inputs: int
+    n_scanned: int  # files looked at (all series, junk included)
 
 
 def _scan(source: Any, stack: ExitStack, settings: Settings) -> _Scan:
-    sources, label = _collect(source, stack, settings)
+    sources, label, inputs = _collect(source, stack, settings)
     warnings: list[str] = []
     not_dicom: list[_Source] = []
     non_image: list[_Header] = []
@@ -613,7 +620,7 @@ def _scan(source: Any, stack: ExitStack, settings: Settings) -> _Scan:
             + ", ".join(f"{n} {k}" for k, n in sorted(kinds.items()))
             + f" ({_names([h.source for h in non_image])})"
         )
-    return _Scan(label, groups, warnings, len(sources))
+    return _Scan(label, inputs, groups, warnings, len(sources))
 
 
 def _choose(scan: _Scan, series_uid: str | None) -> list[_Header]:
@@ -725,6 +732,18 @@ def _check_matrix(hs: list[_Header], settings: Settings) -> tuple[int, int, tupl
         raise DicomError(
             f"{_names([h.source for h in multi])}: multi-frame (Enhanced CT) images are not "
             "supported; export the series as single-frame CT Image Storage (one file per slice)"
+        )
+    colour = [
+        h
+        for h in hs
+        if h.samples_per_pixel != 1
+        or (h.photometric and not h.photometric.startswith("MONOCHROME"))
+    ]
+    if colour:
+        raise NotCTError(
+            f"{_names([h.source for h in colour])}: PhotometricInterpretation "
+            f"{colour[0].photometric or '?'} with {colour[0].samples_per_pixel} sample(s) per pixel "
+            "is a colour or screenshot image, not CT data; choose the CT series (MONOCHROME2)"
         )
     incomplete = [h for h in hs if h.rows is None or h.cols is None or h.pixel_spacing is None]
     if incomplete:
@@ -1084,8 +1103,8 @@ def load_series(
         slice), axial order, slice 0 the most inferior; ``spacing`` ``(z, y, x)`` mm with z
         the mean distance between slice centres; ``origin`` patient position (mm) of voxel
         ``(0, 0, 0)``; ``orientation`` ``(1, 0, 0, 0, 1, 0)`` after any reorientation;
-        Study/Series UIDs; ``provenance`` with keys ``source``, ``files``, ``n_files``,
-        ``n_inputs``, ``sop_instance_uids_sha256``, ``transfer_syntaxes``, ``modality``,
+        Study/Series UIDs; ``provenance`` with keys ``sources``, ``files``, ``n_files``,
+        ``n_files_scanned``, ``sop_instance_uids_sha256``, ``transfer_syntaxes``, ``modality``,
         ``series_description``, ``manufacturer``, ``rescale``, ``original_orientation``,
         ``pixel_padding_value`` and ``warnings`` (list of str).
 
@@ -1149,10 +1168,10 @@ def load_series(
     first = headers[0]
     sop_uids = sorted(h.sop_uid for h in headers)
     provenance: dict[str, Any] = {
-        "source": scan.label,
+        "sources": scan.inputs,
         "files": [h.source.name for h in headers],
         "n_files": len(headers),
-        "n_inputs": scan.n_inputs,
+        "n_files_scanned": scan.n_scanned,
         "sop_instance_uids_sha256": hashlib.sha256("\n".join(sop_uids).encode()).hexdigest(),
         "transfer_syntaxes": sorted({str(h.transfer_syntax) for h in headers}),
         "modality": first.modality,
@@ -1160,7 +1179,7 @@ def load_series(
         "manufacturer": first.manufacturer,
         "rescale": _rescale_summary(headers),
         "original_orientation": list(geom.orientation),
-        "pixel_padding_value": first.extra.get("pixel_padding_value"),
+        "pixel_padding_value": first.pixel_padding_value,
         "warnings": list(warnings),
     }
     return Volume(

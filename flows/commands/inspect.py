@@ -49,7 +49,7 @@ def summary(paths: list[str], series_uid: str | None = None) -> dict[str, Any]:
     hu = volume.hu
     provenance = {k: v for k, v in volume.provenance.items() if k != "files"}
     return {
-        "source": provenance.get("source"),
+        "sources": provenance.get("sources"),
         "series": [
             {
                 "uid": s.series_uid,
@@ -76,7 +76,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, sort_keys=True, default=str))
         return 0
-    print(f"source: {info['source']}")
+    print(f"source: {', '.join(info['sources'])}")
     print("series found:")
     for s in info["series"]:
         mark = "*" if s["uid"] == info["selected"] else " "

@@ -152,6 +152,8 @@ def test_zip_input_in_memory_and_list_input(tmp_path: Path) -> None:
     assert vol.spacing == pytest.approx(SPACING) and vol.origin == pytest.approx(ORIGIN)
     assert not (tmp_path.parent.parent / paths[0].name).exists()
     assert vol.provenance["files"][0] == f"{archive}!../../CT0000.dcm"
+    assert vol.provenance["sources"] == [str(archive)]
+    assert vol.provenance["n_files_scanned"] == len(paths) + 1
     assert any("readme.txt" in w for w in vol.provenance["warnings"])
     listed = load_series([str(p) for p in reversed(paths)])
     assert np.array_equal(listed.hu, vol.hu)
@@ -380,6 +382,25 @@ def test_not_ct(tmp_path: Path) -> None:
     uid = str(pydicom.dcmread(paths[0]).SeriesInstanceUID)
     with pytest.raises(NotCTError, match=uid):
         load_series(tmp_path, series_uid=uid)
+
+
+def test_colour_image_is_not_ct(tmp_path: Path) -> None:
+    _, paths = _series(tmp_path, shape=(2, 4, 4))
+    rgb = np.zeros((4, 4, 3), dtype=np.uint8)
+    for p in paths:
+        _edit(
+            p,
+            SamplesPerPixel=3,
+            PhotometricInterpretation="RGB",
+            PlanarConfiguration=0,
+            BitsAllocated=8,
+            BitsStored=8,
+            HighBit=7,
+            PixelRepresentation=0,
+            PixelData=rgb.tobytes(),
+        )
+    with pytest.raises(NotCTError, match=r"CT0000\.dcm.*RGB.*not CT"):
+        load_series(tmp_path)
 
 
 def test_truncated_files(tmp_path: Path) -> None:
