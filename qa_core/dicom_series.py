@@ -6,8 +6,13 @@ fails early and cheaply:
 
 1. **Headers.** Every file's header is read with ``stop_before_pixels`` (large values
    deferred), the Pixel Data element's position and length are noted, and the file is
-   grouped by SeriesInstanceUID. Non-DICOM files, DICOMDIR and non-image objects
-   (RTSTRUCT, SR, ...) are skipped with a warning recorded in the provenance.
+   grouped by SeriesInstanceUID. A file is DICOM when it carries the Part 10 marker
+   (``DICM`` at byte 128); other files (``.DS_Store``, notes) are skipped with a warning
+   recorded in the provenance, except files named ``*.dcm``, which are refused as
+   truncated copies. A DICOM file that ends inside its header or pixel data is refused
+   (pydicom itself reads a file cut at an element boundary without complaint, so the
+   loader checks that the last element ends where the parse stopped). DICOMDIR and
+   non-image objects (RTSTRUCT, SR, ...) are skipped with a warning.
 2. **Checks, then pixels.** The CT series is chosen (or the one asked for), its slices
    are checked (limits, matrix, orientation, duplicates, gaps, spacing) and sorted along
    the slice normal; only then is pixel data read, once per file, straight into one
