@@ -486,8 +486,8 @@ def attribute_slices(
     AttributionError
         Unknown method, no target layer, empty or mis-shaped input, unexpected model output.
     """
-    t0 = time.perf_counter()
     numpy_weighting = _Weighting(method)  # also validates the method name
+    t0 = time.perf_counter()  # after the one-time import of pytorch-grad-cam
     if weighting not in WEIGHTINGS:
         raise AttributionError(
             f"unknown weighting {weighting!r}; expected one of {', '.join(WEIGHTINGS)}"
