@@ -1474,8 +1474,7 @@ def analyze_table(
                 )
             )
         except StatisticsError as exc:
-            msg = str(exc)
-            raise StatisticsError(msg if cat in msg else f"category {cat!r}: {msg}") from exc
+            raise StatisticsError(f"category {cat!r}: {exc}") from exc
     perm = np.array([r.perm_p for r in results])
     p_holm = holm(perm)
     p_bh = benjamini_hochberg(perm)
