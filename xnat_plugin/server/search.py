@@ -326,6 +326,25 @@ def _as_number(text: str) -> float | None:
         return None
 
 
+def _like_pattern(value: str) -> str:
+    """SQL LIKE as a regular expression: ``%`` any run, ``_`` one character, ``\\`` escapes."""
+    out: list[str] = []
+    escaped = False
+    for ch in value:
+        if escaped:
+            out.append(re.escape(ch))
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == "%":
+            out.append(".*")
+        elif ch == "_":
+            out.append(".")
+        else:
+            out.append(re.escape(ch))
+    return "".join(out)
+
+
 def compare(left: str | None, op: str, right: str) -> bool:
     """XNAT search comparison of a stored value with a criteria value."""
     op = op.strip().upper()
@@ -336,8 +355,7 @@ def compare(left: str | None, op: str, right: str) -> bool:
     if left is None:
         return False
     if op == "LIKE":
-        pattern = "^" + re.escape(right.lower()).replace("%", ".*").replace("_", ".") + "$"
-        return re.match(pattern, left.lower(), flags=re.S) is not None
+        return re.fullmatch(_like_pattern(right.lower()), left.lower(), flags=re.S) is not None
     if op == "NOT LIKE":
         return not compare(left, "LIKE", right)
     ln, rn = _as_number(left), _as_number(right)
