@@ -367,7 +367,7 @@ def test_analyze_category_is_seed_reproducible() -> None:
 
 
 def test_verdicts_for_each_reason() -> None:
-    sessions, ae, consensus, predicted = _cohort(1, noise=0.1)
+    sessions, ae, consensus, _ = _cohort(1, noise=0.1)
     neg = analyze_category("mandible", sessions, ae, 6 - consensus, n_resamples=199)
     assert neg.verdict_code == "not_positive" and not neg.ae_tracks_consensus
     few = analyze_category("larynx", sessions[:4], ae[:4], consensus[:4], n_resamples=199)
@@ -437,10 +437,10 @@ def test_analyze_table_accepts_mappings_and_names_bad_rows() -> None:
     good = [dict(session=r.session, category=r.category, ae=r.ae, consensus=r.consensus) for r in _rows()[:16]]
     assert isinstance(analyze_table(good, n_resamples=99)["parotid"], CategoryAnalysis)
     bad_cat = [*good, {"session": "X", "category": "nose", "ae": 1, "consensus": 3, "origin": "t.csv line 18"}]
-    with pytest.raises(StatisticsError, match="t.csv line 18: unknown category 'nose'"):
+    with pytest.raises(StatisticsError, match=r"t\.csv line 18: unknown category 'nose'"):
         analyze_table(bad_cat, n_resamples=99)
     dup = [*good, dict(good[0])]
-    with pytest.raises(StatisticsError, match="row 17: session 'S00' appears twice.*also row 1"):
+    with pytest.raises(StatisticsError, match=r"row 17: session 'S00' appears twice.*also row 1"):
         analyze_table(dup, n_resamples=99)
     partial = [dict(g, predicted=3.0) if i else g for i, g in enumerate(good)]
     with pytest.raises(StatisticsError, match="'predicted' is given for some rows"):
@@ -451,7 +451,7 @@ def test_analyze_table_accepts_mappings_and_names_bad_rows() -> None:
         analyze_table([good[0], dict(good[1], ae="lots")], n_resamples=99)
     with pytest.raises(StatisticsError, match="column 'consensus': value nan is not finite"):
         analyze_table([dict(good[0], consensus=float("nan"))], n_resamples=99)
-    with pytest.raises(StatisticsError, match="category 'parotid'.*at least 4"):
+    with pytest.raises(StatisticsError, match=r"category 'parotid'.*at least 4"):
         analyze_table(good[:3], n_resamples=99)
 
 
