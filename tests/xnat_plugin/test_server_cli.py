@@ -1,0 +1,66 @@
+"""``cbctqa xnat-server``: options, environment, refusal of insecure remote binds, serving."""
+
+from __future__ import annotations
+
+import argparse
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from flows.cli import build_parser, main
+from flows.commands import xnat_server
+
+
+def test_refuses_non_loopback_without_tls(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code = main(["xnat-server", "--host", "0.0.0.0", "--port", "0", "--data-dir", str(tmp_path),
+                 "--admin-user", "admin", "--admin-password", "pw"])
+    assert code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--allow-insecure-remote" in err[0] and "pw" not in err[0]
+
+
+def test_missing_data_dir_and_password(monkeypatch: pytest.MonkeyPatch,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    for name in ("CBCTQA_XNAT_DATA_DIR", "CBCTQA_XNAT_ADMIN_PASSWORD", "CBCTQA_XNAT_ADMIN_USER"):
+        monkeypatch.delenv(name, raising=False)
+    assert main(["xnat-server", "--admin-user", "a", "--admin-password", "b"]) == 2
+    assert "--data-dir" in capsys.readouterr().err
+    assert main(["xnat-server", "--data-dir", "/tmp/x", "--admin-user", "a"]) == 2
+    assert "password" in capsys.readouterr().err
+    assert main(["xnat-server", "--data-dir", "/tmp/x", "--admin-user", "a",
+                 "--admin-password", "b", "--fault-error-rate", "2"]) == 2
+    assert "between 0 and 1" in capsys.readouterr().err
+
+
+def test_serves_from_environment_until_stopped(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("CBCTQA_XNAT_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("CBCTQA_XNAT_ADMIN_USER", "envadmin")
+    monkeypatch.setenv("CBCTQA_XNAT_ADMIN_PASSWORD", "env-pw")
+    with __import__("socket").socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    monkeypatch.setenv("CBCTQA_XNAT_PORT", str(port))
+    args = build_parser().parse_args(["xnat-server"])
+    assert isinstance(args, argparse.Namespace)
+    stop = threading.Event()
+    worker = threading.Thread(target=xnat_server.run, args=(args, stop), daemon=True)
+    worker.start()
+    url = f"http://127.0.0.1:{port}/data/auth"
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            response = requests.get(url, auth=("envadmin", "env-pw"), timeout=2)
+            break
+        except requests.ConnectionError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+    assert response.text == "User 'envadmin' is logged in"
+    stop.set()
+    worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert (tmp_path / "data" / "xnat.sqlite").exists()
