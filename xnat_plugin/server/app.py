@@ -26,7 +26,7 @@ import threading
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -733,7 +733,7 @@ class XnatApp:
         return row
 
     def _columns_table(self, req: Request, rows: list[dict[str, str]],
-                       objs: list[ObjectRow | None] | list[ObjectRow],
+                       objs: Sequence[ObjectRow | None],
                        index: srch.ObjectIndex | None, fmt: str,
                        allow_columns: bool = True) -> Response:
         pairs = list(zip(rows, objs, strict=True))
@@ -896,7 +896,7 @@ class XnatApp:
                 continue
             child = ET.SubElement(root, f"{{{ns}}}{key}")
             child.text = str(value)
-        return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+        return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
 
     # -- writes ---------------------------------------------------------------------------
     def _body_document(self, req: Request) -> bytes | None:

@@ -17,7 +17,7 @@ import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO
 
 from qa_core.errors import CbctQaError
 
@@ -83,7 +83,7 @@ def clean_relative_path(path: str, what: str) -> str:
     return norm
 
 
-def store_content(folder: Path, source: BinaryIO | bytes) -> StoredContent:
+def store_content(folder: Path, source: IO[bytes] | bytes) -> StoredContent:
     """Write ``source`` atomically into ``folder`` under a new random name.
 
     Parameters
@@ -98,7 +98,7 @@ def store_content(folder: Path, source: BinaryIO | bytes) -> StoredContent:
     tmp = folder / f".{stored_name}.part"
     md5 = hashlib.md5(usedforsecurity=False)
     size = 0
-    stream: BinaryIO = io.BytesIO(source) if isinstance(source, bytes) else source
+    stream: IO[bytes] = io.BytesIO(source) if isinstance(source, bytes) else source
     with open(tmp, "wb") as out:
         while True:
             chunk = stream.read(_CHUNK)

@@ -192,7 +192,7 @@ class SchemaCatalog:
         self._stamp = self._fingerprint()
 
     def _fingerprint(self) -> tuple[tuple[str, float], ...]:
-        stamps = []
+        stamps: list[tuple[str, float]] = []
         for folder in self.schema_dirs:
             if folder.is_dir():
                 stamps.extend((str(p), p.stat().st_mtime) for p in sorted(folder.glob("*.xsd")))
@@ -242,9 +242,9 @@ class SchemaCatalog:
             _collect_fields(body, "", info.fields, simple, depth=0)
             self.types[tname] = info
         for node in root.findall(f"{XS}element"):
-            tname = node.get("type")
-            if tname:
-                self.root_elements[f"{prefix}:{node.get('name')}"] = tname
+            root_type = node.get("type")
+            if root_type:
+                self.root_elements[f"{prefix}:{node.get('name')}"] = root_type
 
     # -- type hierarchy --------------------------------------------------------------------
     def canonical(self, xsi_type: str) -> str | None:

@@ -184,15 +184,10 @@ def resolve_column(column: str, row: dict[str, str], obj: ObjectRow | None,
             return value
     if obj is None or index is None:
         return ""
-    if "/" in column:
-        element, _, name = column.partition("/")
-        if ":" in element:
-            value = field_value(obj, element, name, index, schemas)
-            return value or ""
-        value = _object_value(obj, column, index, schemas)
-        return value or ""
-    value = _object_value(obj, column, index, schemas)
-    return value or ""
+    element, _, name = column.partition("/")
+    if name and ":" in element:
+        return field_value(obj, element, name, index, schemas) or ""
+    return _object_value(obj, column, index, schemas) or ""
 
 
 def display_fields(xsi_type: str, kind: str, schemas: SchemaCatalog) -> list[tuple[str, str, str]]:
