@@ -1325,10 +1325,14 @@ class CohortAnalysis:
     provenance:
         Package, scipy and numpy versions, input sha256 (of the canonical rows), seed,
         n_resamples, confidence level, alpha, thresholds, the multiplicity method.
+    skipped:
+        ``(category, reason)`` for categories left out with ``skip_small=True``; they are not
+        part of the multiplicity family.
     """
 
     results: tuple[CategoryAnalysis, ...]
     provenance: Mapping[str, Any] = field(default_factory=dict)
+    skipped: tuple[tuple[str, str], ...] = ()
 
     @property
     def categories(self) -> tuple[str, ...]:
@@ -1342,9 +1346,12 @@ class CohortAnalysis:
         raise KeyError(f"no analysis for category {category!r}; analysed: {list(self.categories)}")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready mapping: one key per category name plus ``"provenance"``."""
+        """JSON-ready mapping: one key per category name plus ``"provenance"`` (and ``"skipped"``,
+        ``{category: reason}``, when categories were skipped)."""
         out: dict[str, Any] = {r.category: r.to_dict() for r in self.results}
         out["provenance"] = dict(self.provenance)
+        if self.skipped:
+            out["skipped"] = dict(self.skipped)
         return out
 
 
@@ -1394,6 +1401,7 @@ def analyze_table(
     alpha: float = 0.05,
     z_cutoff: float = Z_CUTOFF,
     min_abs_delta_rho: float = MIN_ABS_DELTA_RHO,
+    skip_small: bool = False,
 ) -> CohortAnalysis:
     """Analyse a cohort table (rows of session, category, ae, consensus[, predicted]).
 
@@ -1409,6 +1417,10 @@ def analyze_table(
         row has ``predicted`` or none has.
     n_resamples, seed, confidence_level, alpha, z_cutoff, min_abs_delta_rho:
         As in :func:`analyze_category`.
+    skip_small:
+        False (default): a category with fewer than :data:`MIN_VOLUMES` volumes is an error.
+        True: such categories are listed in ``CohortAnalysis.skipped`` instead (useful while a
+        monitored cohort is still growing); it is still an error if every category is skipped.
 
     Returns
     -------
@@ -1447,8 +1459,12 @@ def analyze_table(
         seen[key2] = where
         by_cat.setdefault(r.category, []).append(r)
     results: list[CategoryAnalysis] = []
+    skipped: list[tuple[str, str]] = []
     for cat in [c for c in CATEGORIES if c in by_cat]:
         crow = by_cat[cat]
+        if skip_small and len(crow) < MIN_VOLUMES:
+            skipped.append((cat, f"{len(crow)} volume(s); at least {MIN_VOLUMES} are needed"))
+            continue
         has_pred = [r.predicted is not None for r in crow]
         if any(has_pred) and not all(has_pred):
             missing = [r.origin or r.session for r, h in zip(crow, has_pred, strict=True) if not h]
@@ -1475,6 +1491,11 @@ def analyze_table(
             )
         except StatisticsError as exc:
             raise StatisticsError(f"category {cat!r}: {exc}") from exc
+    if not results:
+        raise StatisticsError(
+            "no category has enough volumes to analyse: "
+            + "; ".join(f"{c}: {why}" for c, why in skipped)
+        )
     perm = np.array([r.perm_p for r in results])
     p_holm = holm(perm)
     p_bh = benjamini_hochberg(perm)
@@ -1513,7 +1534,7 @@ def analyze_table(
         "permutation": "scipy.stats.permutation_test, pairings, two-sided",
         "study_protocol": "scipy.stats.spearmanr on each leave-one-out subset; median rho and median p",
     }
-    return CohortAnalysis(results=tuple(final), provenance=MappingProxyType(provenance))
+    return CohortAnalysis(results=tuple(final), provenance=MappingProxyType(provenance), skipped=tuple(skipped))
 
 
 def _package_version() -> str:

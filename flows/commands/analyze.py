@@ -62,6 +62,11 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (default 0)")
     p.add_argument("--alpha", type=float, default=0.05, help="significance level of the verdicts (default 0.05)")
     p.add_argument("--confidence", type=float, default=0.95, help="confidence level of the BCa interval (default 0.95)")
+    p.add_argument(
+        "--skip-small",
+        action="store_true",
+        help="list categories with fewer than 4 volumes as skipped instead of failing",
+    )
     p.set_defaults(handler=run)
 
 
@@ -264,6 +269,7 @@ def format_report(analysis: Any, agreement: Mapping[str, Any] | None = None) -> 
     for cat, f in flags:
         lines.append(f"  {cat:<14} {f.session:<16} {f.reason}")
     notes = [(r.category, w) for r in analysis.results for w in r.warnings]
+    notes += [(cat, f"skipped: {why}") for cat, why in analysis.skipped]
     if notes:
         lines += ["", "Notes:"]
         lines += [f"  {cat}: {w}" for cat, w in notes]
@@ -326,7 +332,12 @@ def run(args: argparse.Namespace) -> int:
             "consensus_source": "recomputed from ratings",
         }
     analysis = analyze_table(
-        rows, n_resamples=args.n_resamples, seed=args.seed, confidence_level=args.confidence, alpha=args.alpha
+        rows,
+        n_resamples=args.n_resamples,
+        seed=args.seed,
+        confidence_level=args.confidence,
+        alpha=args.alpha,
+        skip_small=args.skip_small,
     )
     print(format_report(analysis, agreement))
     if args.json_out:

@@ -160,6 +160,20 @@ def test_bad_tables_exit_2_with_one_line(
         assert str(table) in err
 
 
+def test_skip_small(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table = tmp_path / "t.csv"
+    _write_table(table, predicted=False, n=6)
+    lines = table.read_text().splitlines()
+    kept = [ln for ln in lines if ",larynx," not in ln] + [ln for ln in lines if ",larynx," in ln][:2]
+    table.write_text("\n".join(kept) + "\n")
+    assert main(["analyze", str(table), "--n-resamples", "99"]) == 2
+    assert "category 'larynx'" in capsys.readouterr().err
+    out = tmp_path / "a.json"
+    assert main(["analyze", str(table), "--n-resamples", "99", "--skip-small", "--json", str(out)]) == 0
+    assert "larynx: skipped: 2 volume(s)" in capsys.readouterr().out
+    assert json.loads(out.read_text())["skipped"] == {"larynx": "2 volume(s); at least 4 are needed"}
+
+
 def test_missing_file_and_bad_ratings_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["analyze", str(tmp_path / "nope.csv")]) == 2
     assert "cannot read analysis table" in capsys.readouterr().err

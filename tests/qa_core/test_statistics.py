@@ -455,6 +455,16 @@ def test_analyze_table_accepts_mappings_and_names_bad_rows() -> None:
         analyze_table(good[:3], n_resamples=99)
 
 
+def test_analyze_table_skip_small() -> None:
+    rows = [r for r in _rows() if r.category != "larynx"] + [r for r in _rows() if r.category == "larynx"][:3]
+    res = analyze_table(rows, n_resamples=99, skip_small=True)
+    assert "larynx" not in res.categories and res.skipped == (("larynx", "3 volume(s); at least 4 are needed"),)
+    assert all(r.family_size == 4 for r in res.results)
+    assert res.to_dict()["skipped"] == {"larynx": "3 volume(s); at least 4 are needed"}
+    with pytest.raises(StatisticsError, match="no category has enough volumes"):
+        analyze_table(rows[-3:], n_resamples=99, skip_small=True)
+
+
 def test_default_resamples_run_in_seconds() -> None:
     rows = _rows(10)
     t0 = time.perf_counter()
