@@ -80,6 +80,7 @@ class PluginAnnotation:
 
     plugin_id: str
     name: str
+    version: str
     data_models: list[dict[str, str]]
 
 
@@ -103,8 +104,11 @@ def _java_annotation() -> PluginAnnotation:
     head = annotation.split("dataModels")[0]
     plugin_id = re.search(r"value\s*=\s*([^,]+),", head)
     name = re.search(r'name\s*=\s*("[^"]*")', head)
-    assert plugin_id and name
-    return PluginAnnotation(value(plugin_id.group(1)), value(name.group(1)), models)
+    version = re.search(r"version\s*=\s*([^,]+),", head)
+    assert plugin_id and name and version
+    return PluginAnnotation(
+        value(plugin_id.group(1)), value(name.group(1)), value(version.group(1)), models
+    )
 
 
 # --------------------------------------------------------------------------- names agree
@@ -116,6 +120,7 @@ def test_plugin_id_and_datatypes_agree_everywhere() -> None:
     schema_types = _schema_types()
     assert annotation.plugin_id == properties["xnatPluginId"] == "cbctqaPlugin"
     assert annotation.name
+    assert annotation.version == properties["version"]
     models = [m["value"] for m in annotation.data_models]
     assert models == properties["xnatDataModels"].split(",")
     assert set(models) == set(schema_types) == {"cbctqa:qaAssessmentData", "cbctqa:ratingData"}

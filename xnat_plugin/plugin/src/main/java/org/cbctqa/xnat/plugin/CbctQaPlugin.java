@@ -20,6 +20,7 @@ import org.nrg.framework.annotations.XnatPlugin;
 @XnatPlugin(
         value = CbctQaPlugin.PLUGIN_ID,
         name = "CBCT QA monitor",
+        version = CbctQaPlugin.VERSION,
         description = "Automatic image-quality scoring of head-and-neck CBCT sessions with "
                 + "Grad-CAM Attribution Energy, and radiologists' Likert ratings.",
         dataModels = {
@@ -37,6 +38,9 @@ import org.nrg.framework.annotations.XnatPlugin;
 public class CbctQaPlugin {
     /** Plugin identifier: names META-INF/xnat/cbctqaPlugin-plugin.properties. */
     public static final String PLUGIN_ID = "cbctqaPlugin";
+
+    /** Plugin version; equals "version" in gradle.properties. */
+    public static final String VERSION = "0.1.0";
 
     /** Automatic assessment datatype (schema element cbctqa:qaAssessmentData). */
     public static final String QA_ASSESSMENT = "cbctqa:qaAssessmentData";
