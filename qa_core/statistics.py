@@ -372,7 +372,7 @@ def loo_spearman(
     if constant:
         which = [nm for nm, a in ((x_name, xa), (y_name, ya)) if _is_constant(a)]
         notes.append(
-            f"{' and '.join(which)} constant ({'all values equal'}): Spearman ρ is undefined, "
+            f"{' and '.join(which)} constant (all values equal): Spearman ρ is undefined, "
             "every figure is NaN"
         )
     loo_rho = np.empty(n)

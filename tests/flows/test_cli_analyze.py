@@ -187,3 +187,17 @@ def test_missing_file_and_bad_ratings_exit_2(tmp_path: Path, capsys: pytest.Capt
     ratings.write_text("session,rater,category,score\nS00,alice,parotid,3\n")
     assert main(["analyze", str(table), "--ratings", str(ratings)]) == 2
     assert "no ratings in" in capsys.readouterr().err
+
+
+def test_constant_consensus_is_written_as_null(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    table = tmp_path / "t.csv"
+    table.write_text("session,category,ae,consensus\n" + "".join(f"S{i},larynx,{i + 1},3\n" for i in range(6)))
+    out = tmp_path / "a.json"
+    assert main(["analyze", str(table), "--n-resamples", "99", "--json", str(out)]) == 0
+    def no_constants(token: str) -> None:
+        raise AssertionError(f"non-JSON constant {token} written")
+
+    doc = json.loads(out.read_text(), parse_constant=no_constants)
+    assert doc["larynx"]["rho"] is None and doc["larynx"]["ci_low"] is None
+    assert doc["larynx"]["verdict_code"] == "undefined"
+    assert "constant" in capsys.readouterr().out
