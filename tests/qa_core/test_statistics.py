@@ -472,3 +472,35 @@ def test_default_resamples_run_in_seconds() -> None:
     elapsed = time.perf_counter() - t0
     assert res.results[0].n_resamples == 9999
     assert elapsed < 15.0, f"analysis took {elapsed:.1f} s"
+
+
+def test_permutation_p_is_valid_with_heavy_ties() -> None:
+    # Under independence, P(p <= 0.05) must not exceed 0.05 (up to Monte Carlo error), even with
+    # consensus taking only three values; scipy's t-based p is not guaranteed to.
+    rng = np.random.default_rng(123)
+    ps = []
+    for _ in range(200):
+        ae = rng.lognormal(size=10)
+        consensus = rng.choice([2.0, 3.0, 3.0, 3.0, 4.0], size=10)
+        if np.all(consensus == consensus[0]):
+            continue
+        ps.append(spearman_permutation_test(ae, consensus, n_resamples=199, seed=rng).p)
+    rate = float(np.mean(np.array(ps) <= 0.05))
+    assert rate <= 0.05 + 2 * math.sqrt(0.05 * 0.95 / len(ps)), rate
+
+
+def test_known_truth_verdicts() -> None:
+    rng = np.random.default_rng(2024)
+    rows = []
+    for cat in qa_core.CATEGORIES:
+        q = rng.uniform(1, 5, 16)
+        consensus = np.clip(np.round(q + rng.normal(0, 0.4, (3, 16))), 1, 5).mean(axis=0)
+        # Larynx AE carries no information about quality; the others rise with it.
+        ae = rng.lognormal(5, 0.5, 16) if cat == "larynx" else np.exp(0.6 * q + rng.normal(0, 0.25, 16)) * 50
+        rows += [CohortRow(f"S{i}", cat, float(ae[i]), float(consensus[i])) for i in range(16)]
+    res = analyze_table(rows, n_resamples=999, seed=0)
+    for r in res.results:
+        if r.category == "larynx":
+            assert not r.ae_tracks_consensus and r.verdict_code in {"not_significant", "not_positive", "ci_spans_zero"}
+        else:
+            assert r.ae_tracks_consensus and r.verdict_code == "tracks", r.verdict
