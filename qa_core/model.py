@@ -2,8 +2,13 @@
 
 Architecture (``likert-cnn-attnpool-v1``)
 -----------------------------------------
-Input ``(B, 1, 128, 128)``: one axial slice, HU window ``(-1000, 1000)`` mapped to ``[-1, 1]``
-(see :mod:`qa_core.preprocess`).
+Input ``(B, 1, 128, 128)``: one axial slice, HU window ``(-500, 1500)`` mapped to ``[-1, 1]``
+(see :mod:`qa_core.preprocess`). The window keeps what raters judge: the soft-tissue display
+window (-160, 240) HU of the gland, larynx and overall categories and the bone window up to
+about 1500 HU for the mandible; air below -500 HU carries no quality information for these
+categories and is clipped. 128 x 128 (2x below the usual 256 x 256 CBCT matrix over a 280 mm
+field, about 2.2 mm pixels) keeps noise texture, streaks, blur and the organs visible while a
+CPU can train on a 100-volume cohort in minutes.
 
 ``features`` (four conv blocks, 3 x 3 conv -> BatchNorm -> ReLU)::
 
@@ -83,7 +88,7 @@ INPUT_SIZE: Final[int] = 128
 #: Input channels (one HU-windowed axial slice).
 IN_CHANNELS: Final[int] = 1
 #: HU window (low, high) applied before normalising to [-1, 1].
-HU_WINDOW: Final[tuple[float, float]] = (-1000.0, 1000.0)
+HU_WINDOW: Final[tuple[float, float]] = (-500.0, 1500.0)
 #: Dotted name of the Grad-CAM target layer (output of the last conv block, 16 x 16).
 TARGET_LAYER_NAME: Final[str] = "features.3"
 #: Default channel widths of the four conv blocks.

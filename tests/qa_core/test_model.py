@@ -79,10 +79,12 @@ def test_bad_architecture_arguments_raise() -> None:
 
 def test_preprocess_method_uses_contract() -> None:
     model = _tiny()
-    vol = Volume(hu=np.zeros((3, 200, 180), np.float32), spacing=(2.0, 0.8, 0.8))
+    vol = Volume(hu=np.zeros((3, 200, 200), np.float32), spacing=(2.0, 0.8, 0.8))
     x = model.preprocess(vol)
     assert x.shape == (3, 1, 128, 128) and x.dtype == torch.float32
-    assert model.hu_window == (-1000.0, 1000.0) and model.input_size == 128
+    assert model.hu_window == (-500.0, 1500.0) and model.input_size == 128
+    # zeros (0 HU) map to (0 + 500) / 2000 * 2 - 1 = -0.5
+    assert torch.all(x == -0.5)
 
 
 def test_save_load_round_trip_on_cpu_eval_mode(saved: Path) -> None:
@@ -115,7 +117,7 @@ def test_settings_model_path_is_honoured(saved: Path, monkeypatch: pytest.Monkey
         ("categories", ["parotid", "submandibular", "larynx", "mandible"]),
         ("input_size", 256),
         ("in_channels", 3),
-        ("hu_window", [-500.0, 500.0]),
+        ("hu_window", [-1000.0, 1000.0]),
         ("target_layer", "features.2"),
     ],
 )
