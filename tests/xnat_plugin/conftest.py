@@ -9,15 +9,44 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from qa_core.dicom_writer import write_series
 from xnat_plugin.server import RunningServer, ServerConfig, run_in_thread
 
 ADMIN_USER = "admin"
 ADMIN_PASSWORD = "admin-test-pw"
+
+
+def dicom_zip(tmp: Path, seed: str = "s1", patient: str = "PAT001") -> tuple[bytes, list[Path]]:
+    """A zip of two tiny CT series (CBCT: 4 slices; SCOUT: 2 slices) written with pydicom."""
+    rng = np.random.default_rng(7)
+    files: list[Path] = []
+    files += write_series(rng.normal(0, 50, (4, 8, 8)), (2.0, 0.5, 0.5), tmp / "cbct",
+                          uid_seed=seed, patient_id=patient, patient_name=patient,
+                          series_description="CBCT HN", series_number=1, study_date="20260315")
+    files += write_series(rng.normal(0, 50, (2, 8, 8)), (3.0, 1.0, 1.0), tmp / "scout",
+                          uid_seed=seed, patient_id=patient, patient_name=patient,
+                          series_description="SCOUT", series_number=2, study_date="20260315",
+                          file_prefix="SC")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for path in files:
+            archive.write(path, f"{path.parent.name}/{path.name}")
+        archive.writestr("README.txt", "not DICOM")
+    return buf.getvalue(), files
+
+
+@pytest.fixture(scope="session")
+def make_dicom_zip() -> Callable[..., tuple[bytes, list[Path]]]:
+    """``make_dicom_zip(folder, seed=..., patient=...)``: bytes of a two-series CT zip."""
+    return dicom_zip
 
 
 def make_config(data_dir: Path, **changes: object) -> ServerConfig:

@@ -6,15 +6,13 @@ import hashlib
 import io
 import json
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import requests
 
 from xnat_plugin.server import FaultConfig, RunningServer
-
-from .test_server_xnatpy import dicom_zip
 
 P = "HTTPP"
 
@@ -145,8 +143,10 @@ def test_files_zip_and_delete(http: requests.Session) -> None:
     assert c(http, "GET", f"{res}/files", params={"format": "json"}).status_code == 404
 
 
-def test_import_overwrite_rules_and_scans_all_zip(http: requests.Session, tmp_path: Path) -> None:
-    payload, files = dicom_zip(tmp_path, seed="http")
+def test_import_overwrite_rules_and_scans_all_zip(
+        http: requests.Session, tmp_path: Path,
+        make_dicom_zip: Callable[..., tuple[bytes, list[Path]]]) -> None:
+    payload, files = make_dicom_zip(tmp_path, seed="http")
     params = {"import-handler": "DICOM-zip", "PROJECT_ID": P, "SUBJECT_ID": "S2",
               "EXPT_LABEL": "E2", "dest": "/archive"}
     first = c(http, "POST", "/data/services/import", params=params, data=payload,

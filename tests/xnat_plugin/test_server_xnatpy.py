@@ -3,42 +3,19 @@
 from __future__ import annotations
 
 import hashlib
-import io
-import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pydicom
 import pytest
 import requests
 import xnat
 from xnat.exceptions import XNATResponseError
 
-from qa_core.dicom_writer import write_series
 from xnat_plugin.server import RunningServer
 
 PROJECT = "CBCTQA"
-
-
-def dicom_zip(tmp: Path, seed: str = "s1", patient: str = "PAT001") -> tuple[bytes, list[Path]]:
-    """A zip of two tiny CT series (CBCT: 4 slices; SCOUT: 2 slices) written with pydicom."""
-    rng = np.random.default_rng(7)
-    files: list[Path] = []
-    files += write_series(rng.normal(0, 50, (4, 8, 8)), (2.0, 0.5, 0.5), tmp / "cbct",
-                          uid_seed=seed, patient_id=patient, patient_name=patient,
-                          series_description="CBCT HN", series_number=1, study_date="20260315")
-    files += write_series(rng.normal(0, 50, (2, 8, 8)), (3.0, 1.0, 1.0), tmp / "scout",
-                          uid_seed=seed, patient_id=patient, patient_name=patient,
-                          series_description="SCOUT", series_number=2, study_date="20260315",
-                          file_prefix="SC")
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w") as archive:
-        for path in files:
-            archive.write(path, f"{path.parent.name}/{path.name}")
-        archive.writestr("README.txt", "not DICOM")
-    return buf.getvalue(), files
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +28,10 @@ def session(xnat_server: RunningServer) -> Iterator[Any]:
 
 
 @pytest.fixture(scope="module")
-def imported(session: Any, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def imported(session: Any, tmp_path_factory: pytest.TempPathFactory,
+             make_dicom_zip: Callable[..., tuple[bytes, list[Path]]]) -> Any:
     """A CT session imported from a DICOM zip through xnatpy's import service."""
-    payload, _ = dicom_zip(tmp_path_factory.mktemp("dicom"))
+    payload, _ = make_dicom_zip(tmp_path_factory.mktemp("dicom"))
     return session.services.import_(data=payload, project=PROJECT, subject="SUBJ1",
                                     experiment="SESS1", content_type="application/zip",
                                     import_handler="DICOM-zip")
