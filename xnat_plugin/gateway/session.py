@@ -813,13 +813,31 @@ class XnatGateway:
             if final_status is not None:
                 last = index == len(chunks) - 1
                 query[f"{xsi_type}/status"] = final_status if last or final_status != "complete" else "running"
-            resp = self._request("PUT", path, what=what, query=query, accepted=_OK_CREATED)
+            resp = self._put_by_label(path, query, what=what)
             body = resp.text.strip()
             if body and _ID_LIKE.fullmatch(body) and body != label:
                 accession = body
         if not accession:
             accession = self._assessor_id(path, what=what)
         return accession
+
+    def _put_by_label(self, path: str, query: Mapping[str, str], *, what: str) -> requests.Response:
+        """PUT an assessor by label, absorbing the create race.
+
+        When two writers create the same new label at once, XNAT lets one create it and may
+        answer the other 409 (label exists). PUT by label is an update once the assessor
+        exists, so the loser simply sends its PUT again (at most twice); a 409 that persists
+        is a real conflict (the label is taken elsewhere in the project) and is raised.
+        """
+        for conflict in range(3):
+            try:
+                return self._request("PUT", path, what=what, query=query, accepted=_OK_CREATED)
+            except XnatConflictError:
+                if conflict == 2:
+                    raise
+                logger.info("%s: PUT by label met a concurrent create (409); sending it again", what)
+                self._sleep(self._policy.delay(0, self._rng))
+        raise AssertionError("unreachable")  # pragma: no cover
 
     def _assessor_id(self, path: str, *, what: str) -> str:
         payload = self._get_json(path, what=what)
@@ -876,9 +894,10 @@ class XnatGateway:
 
         Order when ``resources`` are given: (1) every field with status ``running`` (or the
         record's status when it is queued/running); (2) each file uploaded with
-        ``overwrite=true`` to ``…/assessors/{ID}/resources/{label}/files/{name}``, its MD5
-        checked against XNAT's digest, and files of that resource label not in this write
-        deleted; (3) the record's status. A reader therefore never sees ``complete`` while
+        ``overwrite=true`` to ``…/assessors/{ID}/resources/{label}/files/{name}``, checked to be
+        listed (a digest differing from the local MD5 is logged: a concurrent writer of the same
+        assessment replaced it, last write wins), and files of that resource label not in this
+        write deleted; (3) the record's status. A reader therefore never sees ``complete`` while
         a resource is missing; a failure in (2) leaves the assessor ``running``.
 
         Parameters
@@ -952,10 +971,11 @@ class XnatGateway:
                     f"{what}: resource {res_label} file {name} was uploaded but XNAT does not list it", uri=base
                 )
             if listed[name] and listed[name] != digest:
-                raise XnatResponseFormatError(
-                    f"{what}: resource {res_label} file {name} has MD5 {listed[name]} in XNAT but {digest} "
-                    "locally; the upload was corrupted, write the assessment again", uri=base,
-                )
+                # Not an error: a concurrent writer of this same assessment may have replaced the
+                # file after us (last write wins, as for the fields).
+                logger.warning("%s: resource %s file %s has MD5 %s in XNAT but %s locally; another writer of "
+                               "this assessment replaced it (last write wins)", what, res_label, name,
+                               listed[name], digest)
         for stale in sorted(set(listed) - set(digests)):
             logger.info("%s: deleting stale file %s from resource %s", what, stale, res_label)
             try:
