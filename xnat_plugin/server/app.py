@@ -21,6 +21,7 @@ import mimetypes
 import os
 import re
 import shutil
+import socket
 import tempfile
 import threading
 import time
@@ -634,9 +635,14 @@ class XnatApp:
         raise HttpError(405, f"{method} not allowed on /data/{full_path}")
 
     # -- listings -------------------------------------------------------------------------
-    def _index(self, tx: Tx) -> srch.ObjectIndex:
-        return srch.ObjectIndex(objects={o.pk: o for o in tx.objects()},
-                                projects={p.id: p for p in tx.projects()})
+    def _index(self, tx: Tx, preload: Sequence[ObjectRow] | None = None) -> srch.ObjectIndex:
+        """An object index over ``tx``: everything when ``preload`` is None, else the given
+        objects with the rest loaded on demand."""
+        if preload is None:
+            return srch.ObjectIndex(objects={o.pk: o for o in tx.objects()},
+                                    projects={p.id: p for p in tx.projects()})
+        return srch.ObjectIndex(objects={o.pk: o for o in preload}, projects={},
+                                load_object=tx.object, load_project=tx.project)
 
     def _listing(self, req: Request, node: Node, coll: str) -> Response:
         principal = req.principal
@@ -664,8 +670,13 @@ class XnatApp:
                 if coll == "reconstructions":
                     return self._table([], fmt)
                 raise HttpError(404, f"Not found: {coll} of {node.describe()}")
-            index = self._index(tx)
             objs = self._collect(tx, principal, node, coll, req)
+            if node.kind == "site":
+                index = self._index(tx)
+            elif node.kind == "project" and node.project is not None:
+                index = self._index(tx, tx.objects(project=node.project.id))
+            else:
+                index = self._index(tx, objs)
             rows = [self._row(o, index) for o in objs]
             return self._columns_table(req, rows, objs, index, fmt)
 
@@ -801,7 +812,7 @@ class XnatApp:
                 item = self._project_item(node.project, tx)
                 xsi_type = "xnat:projectData"
             elif node.obj is not None:
-                index = self._index(tx)
+                index = self._index(tx, [node.obj])
                 item = self._item(tx, node.obj, index, children=True)
                 xsi_type = node.obj.xsi_type
             else:
@@ -862,7 +873,8 @@ class XnatApp:
         res_items = [self._resource_item(r) for r in self._resource_rows(
             tx, tx.resources(f"obj:{obj.pk}"))]
         if obj.kind == "experiment":
-            kids = [o for o in index.objects.values() if o.parent_pk == obj.pk]
+            kids = tx.objects(parent_pk=obj.pk)
+            index.objects.update({o.pk: o for o in kids})
             scans = [self._item(tx, o, index, children=False) for o in kids if o.kind == "scan"]
             assessors = [self._item(tx, o, index, children=False) for o in kids
                          if o.kind == "assessor"]
@@ -1250,14 +1262,14 @@ class XnatApp:
         if owner.kind == "project" and owner.project is not None:
             return f"/data/projects/{owner.project.id}/resources/{res.pk}/files/{quoted}"
         assert owner.obj is not None
-        index = index or self._index(tx)
+        index = index or self._index(tx, [owner.obj])
         base = srch.uri_of(owner.obj, index)
         if owner.kind == "assessor":
             base += "/out"
         return f"{base}/resources/{res.pk}/files/{quoted}"
 
     def _file_rows(self, tx: Tx, owner: Node, resources: list[ResourceRow]) -> list[dict[str, str]]:
-        index = self._index(tx)
+        index = self._index(tx, [owner.obj] if owner.obj is not None else [])
         rows = []
         by_pk = {r.pk: r for r in resources}
         for f in tx.files_of(list(by_pk)):
@@ -1269,7 +1281,7 @@ class XnatApp:
         return rows
 
     def _zip_entries(self, tx: Tx, owner: Node, resources: list[ResourceRow]) -> list[tuple[str, Path]]:
-        index = self._index(tx)
+        index = self._index(tx, [owner.obj] if owner.obj is not None else [])
         if owner.kind == "project" and owner.project is not None:
             base = owner.project.id
         else:
@@ -1726,6 +1738,15 @@ class _Handler(BaseHTTPRequestHandler):
     server_version = "XNAT"
     sys_version = ""
     server: XnatHTTPServer
+
+    def setup(self) -> None:
+        super().setup()
+        # headers and body go out in separate writes: without TCP_NODELAY, Nagle's algorithm
+        # and the client's delayed ACK add ~40 ms to every keep-alive request
+        try:
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
 
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), redact(format % args))

@@ -55,13 +55,34 @@ class SearchError(CbctQaError, ValueError):
 @dataclass
 class ObjectIndex:
     """Objects and projects by key, to resolve parents (subject of a session, session of an
-    assessor) without one query per row."""
+    assessor) without one query per row. Preload what a listing needs; the optional loaders
+    fetch anything missing (within the same transaction)."""
 
     objects: dict[int, ObjectRow]
     projects: dict[str, ProjectRow]
+    load_object: Callable[[int], ObjectRow | None] | None = None
+    load_project: Callable[[str], ProjectRow | None] | None = None
+
+    def get(self, pk: int) -> ObjectRow | None:
+        """Object ``pk`` (loaded on demand)."""
+        obj = self.objects.get(pk)
+        if obj is None and self.load_object is not None:
+            obj = self.load_object(pk)
+            if obj is not None:
+                self.objects[pk] = obj
+        return obj
+
+    def project(self, project_id: str) -> ProjectRow | None:
+        """Project ``project_id`` (loaded on demand)."""
+        row = self.projects.get(project_id)
+        if row is None and self.load_project is not None:
+            row = self.load_project(project_id)
+            if row is not None:
+                self.projects[project_id] = row
+        return row
 
     def parent(self, obj: ObjectRow) -> ObjectRow | None:
-        return self.objects.get(obj.parent_pk) if obj.parent_pk is not None else None
+        return self.get(obj.parent_pk) if obj.parent_pk is not None else None
 
     def subject(self, obj: ObjectRow) -> ObjectRow | None:
         current: ObjectRow | None = obj
@@ -109,7 +130,7 @@ def field_value(obj: ObjectRow, element: str, name: str, index: ObjectIndex,
             and schemas.is_a(index.session(obj).xsi_type, canon):  # type: ignore[union-attr]
         target = index.session(obj)
     elif canon == "xnat:projectData":
-        project = index.projects.get(obj.project)
+        project = index.project(obj.project)
         return _project_value(project, name) if project else None
     if target is None:
         return None
