@@ -45,6 +45,7 @@ versions. :func:`load_model` refuses a checkpoint whose card, contract or checks
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -472,7 +473,11 @@ def save_model(model: LikertCNN, path: str | Path, card: dict[str, Any]) -> dict
     out.parent.mkdir(parents=True, exist_ok=True)
     contract = model.contract()
     state = {k: v.detach().to("cpu").clone() for k, v in model.state_dict().items()}
-    torch.save({"format": CHECKPOINT_FORMAT, "contract": contract, "state_dict": state}, out)
+    # Saved through a buffer: torch names the archive after the file, so equal weights written
+    # to different file names would otherwise differ in bytes (and sha256).
+    buf = io.BytesIO()
+    torch.save({"format": CHECKPOINT_FORMAT, "contract": contract, "state_dict": state}, buf)
+    out.write_bytes(buf.getvalue())
     full = {**card, **contract, "sha256": sha256_file(out), "checkpoint": out.name}
     card_path_for(out).write_text(json.dumps(full, sort_keys=True, indent=2) + "\n", encoding="utf-8")
     return full

@@ -19,6 +19,7 @@ lower is better) and Spearman's rho against the consensus (higher is better).
 
 from __future__ import annotations
 
+import csv
 import datetime
 import math
 import platform
@@ -37,6 +38,7 @@ from scipy import stats
 from tqdm.auto import tqdm
 
 from qa_core.categories import CATEGORIES
+from qa_core.consensus import weighted_consensus
 from qa_core.errors import CbctQaError, TrainingError
 from qa_core.model import (
     DEFAULT_HIDDEN,
@@ -52,6 +54,7 @@ from qa_core.volume import Volume
 
 __all__ = [
     "CategoryMetrics",
+    "CohortEntry",
     "EvaluationReport",
     "TrainingConfig",
     "TrainingResult",
@@ -59,6 +62,7 @@ __all__ = [
     "evaluate_samples",
     "load_cohort_samples",
     "make_samples",
+    "read_rated_cohort",
     "split_volumes",
     "train_from_cohort",
     "train_model",
@@ -127,53 +131,151 @@ def make_samples(label: str, volume: Volume, consensus: dict[str, float]) -> Vol
     return VolumeSamples(label, slices, tuple(float(consensus[c]) for c in CATEGORIES))
 
 
-def load_cohort_samples(
-    cohort_dir: str | Path, *, progress: bool = True
-) -> tuple[list[VolumeSamples], dict[str, Any]]:
-    """Read a cohort folder and preprocess every session's series.
+@dataclass(frozen=True)
+class CohortEntry:
+    """One session to train on: where its series is and its consensus.
 
-    The folder layout is the simulated cohort's (``sessions/<label>/DICOM`` + ``ratings.csv``,
-    optionally ``truth.json``); a user-supplied cohort with the same layout works the same way
-    (consensus from ``ratings.csv`` by weighted mean). Reading is done by
-    :func:`qa_core.synth.read_cohort`, series loading by :func:`qa_core.dicom_series.load_series`.
+    Attributes
+    ----------
+    label:
+        Session label.
+    dicom_dir:
+        Folder of the session's CT series.
+    consensus:
+        Category -> consensus Likert score (1-5).
+    """
+
+    label: str
+    dicom_dir: Path
+    consensus: dict[str, float]
+
+
+def read_rated_cohort(cohort_dir: str | Path) -> tuple[list[CohortEntry], dict[str, Any]]:
+    """List a cohort's sessions with their consensus.
+
+    A simulated cohort (with ``truth.json`` and ``cohort.json``) is read by
+    :func:`qa_core.synth.read_cohort`. A user-supplied cohort needs only
+    ``sessions/<label>/DICOM/`` and ``ratings.csv`` with the header
+    ``session,rater,category,score,weight``; each session's consensus is the weighted mean of
+    its raters' scores (:func:`qa_core.consensus.weighted_consensus`).
 
     Returns
     -------
-    samples, description
-        One :class:`VolumeSamples` per session (sorted by label) and a JSON-ready description
-        of the data (path, sessions, slices, cohort metadata).
-    """
-    from qa_core.dicom_series import load_series
-    from qa_core.synth import read_cohort
+    entries, description
+        Sessions sorted by label, and a JSON-ready description of the data source.
 
+    Raises
+    ------
+    TrainingError
+        The folder is missing, or ``ratings.csv`` is missing or malformed, or a session lacks
+        a DICOM folder or a category's ratings.
+    """
     root = Path(cohort_dir).expanduser()
     if not root.is_dir():
         raise TrainingError(
             f"cohort folder {root} does not exist or is not a folder. Fix: pass the folder "
             "written by `cbctqa synth --out DIR` (or a cohort with the same layout)."
         )
-    try:
-        cohort = read_cohort(root)
-    except CbctQaError as exc:
-        raise TrainingError(f"cannot read cohort {root}: {exc}") from exc
-    sessions = sorted(cohort.sessions, key=lambda s: str(s.label))
-    if not sessions:
-        raise TrainingError(f"cohort {root} holds no sessions; generate one with `cbctqa synth`")
-    samples: list[VolumeSamples] = []
-    for s in tqdm(sessions, desc="load cohort", unit="vol", disable=not progress):
+    if (root / "truth.json").is_file():
+        from qa_core.synth import read_cohort
+
         try:
-            volume = load_series(s.dicom_dir)
+            cohort = read_cohort(root)
         except CbctQaError as exc:
-            raise TrainingError(f"cohort {root}, session {s.label}: {exc}") from exc
-        samples.append(make_samples(str(s.label), volume, dict(s.consensus)))
-    description: dict[str, Any] = {
-        "cohort_dir": str(root),
-        "n_sessions": len(samples),
-        "n_slices": int(sum(v.slices.shape[0] for v in samples)),
-    }
-    meta = getattr(cohort, "metadata", None) or getattr(cohort, "params", None)
-    if isinstance(meta, dict):
-        description["cohort_metadata"] = meta
+            raise TrainingError(f"cannot read cohort {root}: {exc}") from exc
+        entries = [CohortEntry(str(s.label), Path(s.dicom_dir), dict(s.consensus)) for s in cohort.sessions]
+        desc: dict[str, Any] = {
+            "kind": "simulated",
+            "generator": cohort.generator,
+            "seed": cohort.seed,
+            "slices": cohort.slices,
+            "size": cohort.size,
+        }
+    else:
+        entries = _read_user_cohort(root)
+        desc = {"kind": "user-supplied", "consensus": "weighted mean of ratings.csv"}
+    if not entries:
+        raise TrainingError(f"cohort {root} holds no sessions; generate one with `cbctqa synth`")
+    return sorted(entries, key=lambda e: e.label), {"cohort_dir": str(root), **desc}
+
+
+def _read_user_cohort(root: Path) -> list[CohortEntry]:
+    csv_path = root / "ratings.csv"
+    if not csv_path.is_file():
+        raise TrainingError(
+            f"cohort {root} has neither truth.json nor ratings.csv. Fix: add ratings.csv with the "
+            "header session,rater,category,score,weight (one row per rater, session and category)."
+        )
+    expected = ["session", "rater", "category", "score", "weight"]
+    scores: dict[str, dict[str, list[tuple[float, float]]]] = {}
+    with csv_path.open(newline="", encoding="utf-8") as fh:
+        reader = csv.DictReader(fh)
+        if reader.fieldnames != expected:
+            raise TrainingError(
+                f"{csv_path} must have the header {','.join(expected)}; got {reader.fieldnames}"
+            )
+        for line, row in enumerate(reader, start=2):
+            try:
+                score, weight = float(row["score"]), float(row["weight"])
+            except (TypeError, ValueError) as exc:
+                raise TrainingError(f"{csv_path}, line {line}: score and weight must be numbers ({exc})") from exc
+            if row["category"] not in CATEGORIES:
+                raise TrainingError(
+                    f"{csv_path}, line {line}: unknown category {row['category']!r}; expected one of "
+                    f"{list(CATEGORIES)}"
+                )
+            if not 1.0 <= score <= 5.0:
+                raise TrainingError(f"{csv_path}, line {line}: score {score} is outside the Likert scale 1-5")
+            scores.setdefault(row["session"], {}).setdefault(row["category"], []).append((score, weight))
+    entries = []
+    for label in sorted(scores):
+        missing = [c for c in CATEGORIES if c not in scores[label]]
+        if missing:
+            raise TrainingError(f"{csv_path}: session {label} has no ratings for {missing}; add them")
+        dicom_dir = root / "sessions" / label / "DICOM"
+        if not dicom_dir.is_dir():
+            raise TrainingError(
+                f"{csv_path} rates session {label} but {dicom_dir} does not exist; fix the layout "
+                "(sessions/<label>/DICOM) or remove its ratings"
+            )
+        try:
+            consensus = {
+                c: weighted_consensus([s for s, _ in scores[label][c]], [w for _, w in scores[label][c]])
+                for c in CATEGORIES
+            }
+        except CbctQaError as exc:
+            raise TrainingError(f"{csv_path}: session {label}: {exc}") from exc
+        entries.append(CohortEntry(label, dicom_dir, consensus))
+    return entries
+
+
+def load_cohort_samples(
+    cohort_dir: str | Path, *, progress: bool = True
+) -> tuple[list[VolumeSamples], dict[str, Any]]:
+    """Read a cohort folder and preprocess every session's series.
+
+    Sessions and consensus come from :func:`read_rated_cohort`; each series is loaded by
+    :func:`qa_core.dicom_series.load_series` and preprocessed (the full-resolution volume is
+    not kept).
+
+    Returns
+    -------
+    samples, description
+        One :class:`VolumeSamples` per session (sorted by label) and a JSON-ready description
+        of the data (path, kind, generator parameters, sessions, slices).
+    """
+    from qa_core.dicom_series import load_series
+
+    entries, description = read_rated_cohort(cohort_dir)
+    samples: list[VolumeSamples] = []
+    for e in tqdm(entries, desc="load cohort", unit="vol", disable=not progress):
+        try:
+            volume = load_series(e.dicom_dir)
+        except CbctQaError as exc:
+            raise TrainingError(f"cohort {cohort_dir}, session {e.label}: {exc}") from exc
+        samples.append(make_samples(e.label, volume, e.consensus))
+    description["n_sessions"] = len(samples)
+    description["n_slices"] = int(sum(v.slices.shape[0] for v in samples))
     return samples, description
 
 

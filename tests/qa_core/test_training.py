@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,13 +12,16 @@ from scipy import stats
 
 from qa_core.categories import CATEGORIES
 from qa_core.errors import TrainingError
-from qa_core.model import LikertCNN
+from qa_core.model import LikertCNN, load_model
 from qa_core.training import (
     TrainingConfig,
     VolumeSamples,
     evaluate_samples,
+    load_cohort_samples,
     make_samples,
+    read_rated_cohort,
     split_volumes,
+    train_from_cohort,
     train_model,
 )
 from qa_core.volume import Volume
@@ -174,3 +179,89 @@ def test_train_model_rejects_duplicate_labels() -> None:
     s = _cohort(3)
     with pytest.raises(TrainingError, match="unique"):
         train_model([*s, s[0]], TINY, device="cpu", progress=False)
+
+
+# --- cohorts on disk -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from qa_core.synth import generate_cohort
+
+    root = tmp_path_factory.mktemp("cohort") / "c"
+    generate_cohort(root, n_sessions=6, slices=8, size=64, seed=5, progress=False)
+    return root
+
+
+@pytest.fixture()
+def user_cohort(tiny_cohort: Path, tmp_path: Path) -> Path:
+    """The tiny cohort as a user would supply it: DICOM folders and ratings.csv only."""
+    root = tmp_path / "user"
+    root.mkdir()
+    shutil.copy(tiny_cohort / "ratings.csv", root / "ratings.csv")
+    for d in (tiny_cohort / "sessions").iterdir():
+        shutil.copytree(d / "DICOM", root / "sessions" / d.name / "DICOM")
+    return root
+
+
+def test_read_simulated_cohort(tiny_cohort: Path) -> None:
+    from qa_core.synth import read_cohort
+
+    entries, desc = read_rated_cohort(tiny_cohort)
+    truth = {s.label: s.consensus for s in read_cohort(tiny_cohort).sessions}
+    assert [e.label for e in entries] == sorted(truth)
+    assert all(e.consensus == truth[e.label] for e in entries)
+    assert desc["kind"] == "simulated" and desc["seed"] == 5 and desc["slices"] == 8
+
+
+def test_user_cohort_consensus_is_weighted_mean_of_ratings(tiny_cohort: Path, user_cohort: Path) -> None:
+    from qa_core.synth import read_cohort
+
+    truth = {s.label: s.consensus for s in read_cohort(tiny_cohort).sessions}
+    entries, desc = read_rated_cohort(user_cohort)
+    assert desc["kind"] == "user-supplied"
+    for e in entries:
+        for c in CATEGORIES:
+            assert e.consensus[c] == pytest.approx(truth[e.label][c], abs=1e-6)
+    samples, sdesc = load_cohort_samples(user_cohort, progress=False)
+    assert sdesc["n_sessions"] == 6 and sdesc["n_slices"] == 48
+    assert all(s.slices.shape == (8, 1, 128, 128) for s in samples)
+
+
+def test_user_cohort_errors(user_cohort: Path) -> None:
+    csv_path = user_cohort / "ratings.csv"
+    rows = csv_path.read_text().splitlines()
+    csv_path.write_text("\n".join([rows[0], rows[1].replace("parotid", "thyroid"), *rows[2:]]) + "\n")
+    with pytest.raises(TrainingError, match=r"ratings\.csv, line 2: unknown category 'thyroid'"):
+        read_rated_cohort(user_cohort)
+    csv_path.write_text("\n".join([rows[0], *(r for r in rows[1:] if ",overall," not in r)]) + "\n")
+    with pytest.raises(TrainingError, match=r"has no ratings for \['overall'\]"):
+        read_rated_cohort(user_cohort)
+    csv_path.write_text("\n".join(["session,rater,category,score", *rows[1:]]) + "\n")
+    with pytest.raises(TrainingError, match="must have the header"):
+        read_rated_cohort(user_cohort)
+    csv_path.write_text("\n".join(rows) + "\n")
+    first = rows[1].split(",")[0]
+    shutil.rmtree(user_cohort / "sessions" / first)
+    with pytest.raises(TrainingError, match=rf"rates session {first} but .* does not exist"):
+        read_rated_cohort(user_cohort)
+    csv_path.unlink()
+    with pytest.raises(TrainingError, match=r"neither truth\.json nor ratings\.csv"):
+        read_rated_cohort(user_cohort)
+    with pytest.raises(TrainingError, match="does not exist"):
+        read_rated_cohort(user_cohort / "nope")
+
+
+def test_train_from_cohort_writes_loadable_reproducible_checkpoint(tiny_cohort: Path, tmp_path: Path) -> None:
+    a = train_from_cohort(tiny_cohort, tmp_path / "a.pt", TINY, device="cpu", command="cmd", heldout_dir=tiny_cohort, progress=False)
+    b = train_from_cohort(tiny_cohort, tmp_path / "b.pt", TINY, device="cpu", command="cmd", progress=False)
+    assert a.card["sha256"] == b.card["sha256"]  # same seed -> same weights -> same bytes
+    card = load_model(tmp_path / "a.pt", device="cpu").card
+    assert card["command"] == "cmd"
+    assert card["training"]["seed"] == 3 and card["training"]["data"]["seed"] == 5
+    assert not set(card["training"]["train_sessions"]) & set(card["training"]["val_sessions"])
+    assert set(card["validation"]["metrics"]) == set(CATEGORIES)
+    assert card["heldout"]["data"]["n_sessions"] == 6
+    assert card["versions"]["torch"] is not None and card["sha256"] == a.card["sha256"]
+    with pytest.raises(TrainingError, match=r"must end in \.pt"):
+        train_from_cohort(tiny_cohort, tmp_path / "a.pth", TINY, device="cpu", progress=False)
