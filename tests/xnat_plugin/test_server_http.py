@@ -275,3 +275,53 @@ def test_fault_latency(xnat_server_factory) -> None:  # type: ignore[no-untyped-
     start = time.monotonic()
     requests.get(f"{server.url}/data/auth", auth=(server.user, server.password), timeout=10)
     assert time.monotonic() - start >= 0.15
+
+
+def test_concurrent_creates_of_one_label_make_one_assessor(http: requests.Session,
+                                                           xnat_server: RunningServer) -> None:
+    import threading
+
+    url = xnat_server.url + f"/data/projects/{P}/subjects/S1/experiments/E1/assessors/RACE1"
+    barrier = threading.Barrier(6)
+    codes: list[int] = []
+
+    def create() -> None:
+        with requests.Session() as mine:
+            mine.auth = (xnat_server.user, xnat_server.password)
+            barrier.wait()
+            codes.append(mine.put(url, params={"xsiType": "cbctqa:qaAssessmentData",
+                                               "cbctqa:qaAssessmentData/status": "queued"},
+                                  timeout=30).status_code)
+
+    threads = [threading.Thread(target=create) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    # the first PUT creates (201); the others find the label and update it (200)
+    assert sorted(codes) == [200] * 5 + [201]
+    rows = c(http, "GET", f"/data/projects/{P}/experiments", params={
+        "xsiType": "cbctqa:qaAssessmentData", "label": "RACE1", "format": "json"}
+    ).json()["ResultSet"]["Result"]
+    assert len(rows) == 1
+
+
+def test_insert_date_polling_filter(http: requests.Session) -> None:
+    today = srch_today()
+    recent = c(http, "GET", "/data/experiments", params={
+        "xsiType": "xnat:ctSessionData", "insert_date": f"{today}-", "format": "json",
+        "columns": "ID,label,insert_date"}).json()["ResultSet"]["Result"]
+    assert "E1" in {r["label"] for r in recent}
+    future = c(http, "GET", "/data/experiments", params={
+        "xsiType": "xnat:ctSessionData", "insert_date": "01/01/2999-", "format": "json"}
+    ).json()["ResultSet"]["Result"]
+    assert future == []
+    bad = c(http, "GET", "/data/experiments", params={"insert_date": "yesterday"})
+    assert bad.status_code == 400
+
+
+def srch_today() -> str:
+    """Today as MM/DD/YYYY (UTC), the date form XNAT's filters take."""
+    import datetime as dt
+
+    return dt.datetime.now(dt.UTC).strftime("%m/%d/%Y")

@@ -114,3 +114,16 @@ def test_wrong_password_is_refused(xnat_server: RunningServer) -> None:
     assert intruder.select.projects().get() == []
     with pytest.raises(DatabaseError, match="status code: 401"):
         intruder._exec("/data/projects?format=json")
+
+
+def test_assessor_out_resources(experiment: Any, tmp_path: Path) -> None:
+    assessor = experiment.assessor("PE1_cbctqa_1_v2")
+    source = tmp_path / "map.npz"
+    source.write_bytes(b"\x00\x01raw-map")
+    assessor.out_resource("MAPS").file("map.npz").put(str(source))
+    assert assessor.out_resource("MAPS").files().get() == ["map.npz"]
+    target = tmp_path / "back.npz"
+    assessor.out_resource("MAPS").file("map.npz").get(str(target))
+    assert target.read_bytes() == source.read_bytes()
+    # the same files appear under the assessor's resources
+    assert assessor.resource("MAPS").files().get() == ["map.npz"]

@@ -1046,44 +1046,55 @@ class XnatApp:
         _check_label(label, kind)
         fields = {k: v for k, v in fields.items() if v != "NULL"}
         now = now_text()
-        with self.store.transaction() as tx:
-            if kind == "subject":
-                parent_pk = None
-                if tx.objects(kind="subject", project=project_id, ref=label):
-                    raise HttpError(409, f"Subject {label} already exists in project {project_id}")
-                new_id = f"{self.config.site_id}_S{tx.next_id('subject'):05d}"
-            elif kind == "experiment":
-                if node.kind == "subject" and node.obj is not None:
+        try:
+            with self.store.transaction() as tx:
+                if kind == "subject":
+                    parent_pk = None
+                    for other in tx.objects(kind="subject", project=project_id, ref=label):
+                        if other.label == label:
+                            raise _Exists(other)
+                    new_id = f"{self.config.site_id}_S{tx.next_id('subject'):05d}"
+                elif kind in {"experiment", "assessor"}:
+                    parent_kind = "subject" if kind == "experiment" else "experiment"
+                    if node.kind == parent_kind and node.obj is not None:
+                        parent_pk = node.obj.pk
+                    elif kind == "experiment":
+                        raise HttpError(400, f"Create experiment {label} under a subject: "
+                                             f"/data/projects/{project_id}/subjects/{{subject}}"
+                                             f"/experiments/{label}")
+                    else:
+                        raise HttpError(400, "assessors are created under an image session")
+                    self._check_unique_experiment(tx, project_id, label, kind, parent_pk)
+                    new_id = f"{self.config.site_id}_E{tx.next_id('experiment'):05d}"
+                else:  # scan
+                    if node.obj is None or node.kind != "experiment":
+                        raise HttpError(400, "scans are created under an image session")
                     parent_pk = node.obj.pk
-                else:
-                    raise HttpError(400, f"Create experiment {label} under a subject: "
-                                         f"/data/projects/{project_id}/subjects/{{subject}}/experiments/{label}")
-                self._check_unique_experiment(tx, project_id, label)
-                new_id = f"{self.config.site_id}_E{tx.next_id('experiment'):05d}"
-            elif kind == "assessor":
-                if node.obj is None or node.kind != "experiment":
-                    raise HttpError(400, "assessors are created under an image session")
-                parent_pk = node.obj.pk
-                self._check_unique_experiment(tx, project_id, label)
-                new_id = f"{self.config.site_id}_E{tx.next_id('experiment'):05d}"
-            else:  # scan
-                if node.obj is None or node.kind != "experiment":
-                    raise HttpError(400, "scans are created under an image session")
-                parent_pk = node.obj.pk
-                new_id = walk.ref
-                _check_label(new_id, "scan")
-                label = new_id
-            row = ObjectRow(pk=0, id=new_id, kind=kind, xsi_type=xsi_type, project=project_id,
-                            label=label, parent_pk=parent_pk, fields=fields, insert_date=now,
-                            last_modified=now, insert_user=principal.login)
-            tx.insert_object(row)
-            if parent_pk is not None:
-                tx.touch(parent_pk)
+                    new_id = walk.ref
+                    _check_label(new_id, "scan")
+                    label = new_id
+                    for other in tx.objects(kind="scan", parent_pk=parent_pk):
+                        if other.id == new_id:
+                            raise _Exists(other)
+                row = ObjectRow(pk=0, id=new_id, kind=kind, xsi_type=xsi_type, project=project_id,
+                                label=label, parent_pk=parent_pk, fields=fields, insert_date=now,
+                                last_modified=now, insert_user=principal.login)
+                tx.insert_object(row)
+                if parent_pk is not None:
+                    tx.touch(parent_pk)
+        except _Exists as exists:
+            # created meanwhile by a concurrent PUT: XNAT answers a PUT on an existing label
+            # as an update
+            return self._update(req, Node(kind=exists.obj.kind, project=node.project,
+                                          obj=exists.obj))
         return Response.text(new_id, 201)
 
-    def _check_unique_experiment(self, tx: Tx, project_id: str, label: str) -> None:
+    def _check_unique_experiment(self, tx: Tx, project_id: str, label: str, kind: str,
+                                 parent_pk: int | None) -> None:
         for other in tx.objects(kinds=["experiment", "assessor"], project=project_id, ref=label):
             if other.label == label:
+                if other.kind == kind and other.parent_pk == parent_pk:
+                    raise _Exists(other)
                 raise HttpError(409, f"Experiment {label} already exists in project {project_id} "
                                      f"({other.id}, {other.xsi_type}); labels are unique per project")
 
@@ -1649,6 +1660,14 @@ class XnatApp:
         self._unlink(removed)
         uri = f"/data/archive/projects/{project.id}/subjects/{subject_label}/experiments/{label}"
         return Response.text(uri + "\r\n", 200)
+
+
+class _Exists(Exception):
+    """Raised inside a create transaction when the object appeared meanwhile."""
+
+    def __init__(self, obj: ObjectRow) -> None:
+        super().__init__(obj.id)
+        self.obj = obj
 
 
 def _strip_type(key: str) -> str:
