@@ -64,3 +64,49 @@ def test_serves_from_environment_until_stopped(tmp_path: Path,
     worker.join(timeout=10)
     assert not worker.is_alive()
     assert (tmp_path / "data" / "xnat.sqlite").exists()
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (cryptography ships with prefect)."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=1))
+            .not_valid_after(now + dt.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName(
+                [x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = folder / "cert.pem", folder / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return cert_path, key_path
+
+
+def test_tls_serving_and_remote_bind_allowed_with_tls(tmp_path: Path, xnat_server_factory) -> None:  # type: ignore[no-untyped-def]
+    cert, key = _self_signed(tmp_path)
+    server = xnat_server_factory(tls_cert=cert, tls_key=key)
+    assert server.url.startswith("https://127.0.0.1:")
+    response = requests.get(f"{server.url}/data/auth", auth=(server.user, server.password),
+                            verify=str(cert), timeout=10)
+    assert response.text == f"User '{server.user}' is logged in"
+    args = build_parser().parse_args([
+        "xnat-server", "--host", "0.0.0.0", "--data-dir", str(tmp_path), "--admin-user", "a",
+        "--admin-password", "b", "--tls-cert", str(cert), "--tls-key", str(key)])
+    config = xnat_server.build_config(args)
+    assert config.host == "0.0.0.0" and config.tls_cert == cert  # type: ignore[attr-defined]
+    insecure = build_parser().parse_args([
+        "xnat-server", "--host", "10.1.2.3", "--data-dir", str(tmp_path), "--admin-user", "a",
+        "--admin-password", "b", "--allow-insecure-remote"])
+    assert xnat_server.build_config(insecure).host == "10.1.2.3"  # type: ignore[attr-defined]

@@ -156,7 +156,10 @@ class RunningServer:
 
             context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             context.load_cert_chain(str(cfg.tls_cert), str(cfg.tls_key))
-            httpd.socket = context.wrap_socket(httpd.socket, server_side=True)
+            # handshake on first read, in the connection's own thread, so a slow client
+            # cannot stall the accept loop
+            httpd.socket = context.wrap_socket(httpd.socket, server_side=True,
+                                               do_handshake_on_connect=False)
         self.port = httpd.server_address[1]
         self._httpd = httpd
         self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05},
