@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import traceback
 import zipfile
 from collections.abc import Callable, Iterator
@@ -82,9 +83,22 @@ def _chain_text(exc: BaseException) -> str:
     return "\n".join(parts)
 
 
-def _server_requests(caplog: pytest.LogCaptureFixture) -> list[str]:
-    """Requests the server logged (``METHOD path -> status``), for server-side counting."""
-    return [r.getMessage() for r in caplog.records if r.name == "xnat_plugin.server" and " -> " in r.getMessage()]
+def _server_requests(caplog: pytest.LogCaptureFixture, prefix: str = "") -> list[str]:
+    """Requests the server logged (``METHOD path -> status``) starting with ``prefix``.
+
+    The server logs a request just after answering it, so wait until the log is quiet.
+    """
+    def lines() -> list[str]:
+        return [m for r in list(caplog.records)
+                if r.name == "xnat_plugin.server" and " -> " in (m := r.getMessage()) and m.startswith(prefix)]
+
+    seen, quiet = lines(), 0
+    while quiet < 5:
+        time.sleep(0.02)
+        now = lines()
+        quiet = quiet + 1 if len(now) == len(seen) else 0
+        seen = now
+    return seen
 
 
 def _make_sessions(gw: XnatGateway, project: str, labels: list[str]) -> list[SessionRef]:
@@ -438,10 +452,10 @@ def test_bulk_reads_use_one_request_whatever_the_project_size(
     for project, n in (("BULK3", 3), ("BULK15", 15)):
         _populate(gw, project, n)
         log = Requests(gw)
-        caplog.clear()
+        before = len(_server_requests(caplog, "GET /data/experiments ->"))
         assessments = gw.read_assessments(project)
         ratings = gw.read_ratings(project)
-        counts[n] = (len(log), len(_server_requests(caplog)))
+        counts[n] = (len(log), len(_server_requests(caplog, "GET /data/experiments ->")) - before)
         assert len(assessments) == n and len(ratings) == 2 * n
         assert assessments[2].session_label == "S002" and assessments[2].record == _record(score=3.0)
         by_rater = {(r.session_label, r.rater): r for r in ratings}
@@ -495,16 +509,15 @@ def test_gives_up_after_the_retry_budget_and_never_retries_4xx(
     server = xnat_server_factory(faults=FaultConfig(error_rate=1.0, path_regex=r"^/data/experiments$"))
     caplog.set_level(logging.INFO, logger="xnat_plugin.server")
     with _connect(server, retries=3) as gw:
-        caplog.clear()
         with pytest.raises(XnatServerError, match=r"XNAT answered HTTP 503 after 4 attempt") as info:
             gw.read_ratings("ANY")
         assert info.value.status == 503 and info.value.attempts == 4
-        assert len(_server_requests(caplog)) == 4
+        assert len(_server_requests(caplog, "GET /data/experiments -> 503")) == 4
         ghost = SessionRef(project="ANY", subject="s", session_id="XNAT_E99999", label="GHOST", uri="/x")
-        caplog.clear()
         with pytest.raises(XnatNotFoundError) as missing:
             gw.list_scans(ghost)
-        assert missing.value.attempts == 1 and len(_server_requests(caplog)) == 1
+        assert missing.value.attempts == 1
+        assert len(_server_requests(caplog, "GET /data/experiments/XNAT_E99999 -> 404")) == 1
     server.restart(faults=FaultConfig(drop_rate=1.0, path_regex=r"^/data/experiments$"))
     with _connect(server, retries=2) as gw, pytest.raises(XnatConnectionError, match="after 3 attempt"):
         gw.read_assessments("ANY")
