@@ -475,6 +475,10 @@ class TrainingConfig:
         (gain 1 +/- 5 %, offset +/- 0.02 on the [-1, 1] scale).
     max_shift:
         Largest shift, in input pixels.
+    slices_per_volume:
+        ``None``: every training slice in every epoch. Otherwise each epoch draws this many
+        slices (without replacement) from each training volume, a fresh draw per epoch:
+        epochs get cheaper and every volume weighs the same whatever its length.
     widths, hidden:
         Architecture widths (see :class:`~qa_core.model.LikertCNN`).
     """
@@ -488,6 +492,7 @@ class TrainingConfig:
     patience: int = 6
     augment: bool = True
     max_shift: int = 6
+    slices_per_volume: int | None = None
     widths: tuple[int, ...] = DEFAULT_WIDTHS
     hidden: int = DEFAULT_HIDDEN
 
@@ -503,6 +508,8 @@ class TrainingConfig:
             problems.append(f"lr must be > 0 and weight_decay >= 0 (got {self.lr}, {self.weight_decay})")
         if self.patience < 1 or self.max_shift < 0:
             problems.append(f"patience must be >= 1 and max_shift >= 0 (got {self.patience}, {self.max_shift})")
+        if self.slices_per_volume is not None and self.slices_per_volume < 1:
+            problems.append(f"slices_per_volume must be >= 1 or None (got {self.slices_per_volume})")
         if problems:
             raise TrainingError("invalid training configuration: " + "; ".join(problems))
 
@@ -517,6 +524,7 @@ class TrainingConfig:
             "max_shift": self.max_shift,
             "patience": self.patience,
             "seed": self.seed,
+            "slices_per_volume": self.slices_per_volume,
             "val_fraction": self.val_fraction,
             "weight_decay": self.weight_decay,
             "widths": list(self.widths),
@@ -590,9 +598,22 @@ def _augment(x: torch.Tensor, rng: np.random.Generator, max_shift: int) -> torch
     return out * g + o
 
 
-def _batches(n: int, batch_size: int, rng: np.random.Generator | None) -> Iterator[npt.NDArray[np.int64]]:
-    order = rng.permutation(n) if rng is not None else np.arange(n)
-    for i in range(0, n, batch_size):
+def _epoch_indices(
+    counts: Sequence[int], per_volume: int | None, rng: np.random.Generator
+) -> npt.NDArray[np.int64]:
+    """Shuffled slice indices for one epoch; at most ``per_volume`` slices of each volume."""
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64)
+    if per_volume is None:
+        chosen = np.arange(int(sum(counts)), dtype=np.int64)
+    else:
+        chosen = np.concatenate(
+            [s + np.sort(rng.permutation(c)[:per_volume]) for s, c in zip(starts, counts, strict=True)]
+        ).astype(np.int64)
+    return chosen[rng.permutation(chosen.size)]
+
+
+def _batches(order: npt.NDArray[np.int64], batch_size: int) -> Iterator[npt.NDArray[np.int64]]:
+    for i in range(0, order.size, batch_size):
         yield order[i : i + batch_size]
 
 
@@ -636,6 +657,7 @@ def train_model(
     train_set = [by_label[k] for k in train_labels]
     val_set = [by_label[k] for k in val_labels]
     x_train, y_train = _stack(train_set)
+    counts = [int(v.slices.shape[0]) for v in train_set]
     x_val, y_val = _stack(val_set)
     seeds = np.random.SeedSequence(config.seed).spawn(2)
     shuffle_rng = np.random.default_rng(seeds[0])
@@ -653,9 +675,10 @@ def train_model(
         for epoch in epochs:
             model.train()
             total, count = 0.0, 0
-            n_batches = math.ceil(x_train.shape[0] / config.batch_size)
+            order = _epoch_indices(counts, config.slices_per_volume, shuffle_rng)
+            n_batches = math.ceil(order.size / config.batch_size)
             for idx in tqdm(
-                _batches(x_train.shape[0], config.batch_size, shuffle_rng),
+                _batches(order, config.batch_size),
                 total=n_batches, desc=f"epoch {epoch}", unit="batch", leave=False, disable=not progress,
             ):
                 t = torch.from_numpy(idx)

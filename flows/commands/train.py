@@ -28,6 +28,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--batch-size", type=int, default=32, help="slices per step (default 32)")
     p.add_argument("--patience", type=int, default=6, help="early-stopping patience in epochs (default 6)")
     p.add_argument("--lr", type=float, default=2e-3, help="AdamW learning rate (default 2e-3)")
+    p.add_argument(
+        "--slices-per-volume", type=int, default=None,
+        help="slices drawn per training volume per epoch (default: all)",
+    )
     p.add_argument("--no-augment", action="store_true", help="disable flips, shifts and intensity jitter")
     p.add_argument(
         "--device", default=None, help="auto, cpu or cuda[:N] (default: CBCTQA_DEVICE, else auto)"
@@ -50,6 +54,8 @@ def command_line(args: argparse.Namespace) -> str:
         "--val-fraction", str(args.val_fraction), "--batch-size", str(args.batch_size),
         "--patience", str(args.patience), "--lr", str(args.lr), "--threads", str(args.threads),
     ]
+    if args.slices_per_volume is not None:
+        parts += ["--slices-per-volume", str(args.slices_per_volume)]
     if args.no_augment:
         parts.append("--no-augment")
     if args.device is not None:
@@ -84,6 +90,7 @@ def run(args: argparse.Namespace) -> int:
         lr=args.lr,
         patience=args.patience,
         augment=not args.no_augment,
+        slices_per_volume=args.slices_per_volume,
     )
     result = train_from_cohort(
         args.cohort,

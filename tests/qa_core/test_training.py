@@ -100,6 +100,20 @@ def test_make_samples_and_volume_samples_errors() -> None:
 def test_training_config_errors() -> None:
     with pytest.raises(TrainingError, match=r"epochs must be >= 1.*batch_size must be >= 1"):
         TrainingConfig(epochs=0, batch_size=0)
+    with pytest.raises(TrainingError, match="slices_per_volume"):
+        TrainingConfig(slices_per_volume=0)
+
+
+def test_epoch_indices_draw_per_volume_without_replacement() -> None:
+    from qa_core.training import _epoch_indices
+
+    rng = np.random.default_rng(0)
+    idx = _epoch_indices([3, 5, 4], 2, rng)
+    assert idx.size == 6 and len(set(idx.tolist())) == 6
+    volume_of = np.repeat([0, 1, 2], [3, 5, 4])
+    assert np.bincount(volume_of[idx]).tolist() == [2, 2, 2]
+    everything = _epoch_indices([3, 5, 4], None, rng)
+    assert sorted(everything.tolist()) == list(range(12))
 
 
 # --- evaluation ------------------------------------------------------------------------------
