@@ -1842,9 +1842,11 @@ class _Handler(BaseHTTPRequestHandler):
                 pass
             log.info("%s %s -> dropped (injected fault)", self.command, redact(parsed.path))
             return
-        self._send(resp)
+        # logged before the answer is sent, so a client that has its answer can rely on the
+        # access-log line being there (tests count requests this way)
         log.info("%s %s -> %d (%.1f ms)", self.command, redact(parsed.path), resp.status,
                  1000 * (time.monotonic() - started))
+        self._send(resp)
 
     def _send(self, resp: Response) -> None:
         self.send_response(resp.status)
