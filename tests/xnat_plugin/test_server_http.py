@@ -121,7 +121,7 @@ def test_invalid_write_leaves_nothing_behind(http: requests.Session) -> None:
     assert c(http, "GET", base, params={"format": "json"}).status_code == 404
 
 
-def test_files_zip_and_delete(http: requests.Session) -> None:
+def test_files_zip_and_delete(http: requests.Session, xnat_server: RunningServer) -> None:
     res = f"/data/projects/{P}/subjects/S1/experiments/E1/resources/NOTES"
     assert c(http, "PUT", f"{res}/files/a/one.txt", data=b"one",
              params={"inbody": "true"}).status_code == 201
@@ -134,6 +134,7 @@ def test_files_zip_and_delete(http: requests.Session) -> None:
     archive = zipfile.ZipFile(io.BytesIO(c(http, "GET", f"{res}/files",
                                            params={"format": "zip"}).content))
     assert sorted(n.split("/files/")[1] for n in archive.namelist()) == ["a/one.txt", "two.txt"]
+    assert list((xnat_server.data_dir / "files" / "outgoing").iterdir()) == []  # temp zip removed
     escape = c(http, "PUT", f"{res}/files/..%2F..%2Fescape.txt", data=b"x",
                params={"inbody": "true"})
     assert escape.status_code in {400, 404}

@@ -136,6 +136,7 @@ class Response:
     content_type: str = "text/plain; charset=utf-8"
     headers: list[tuple[str, str]] = field(default_factory=list)
     file: Path | None = None
+    delete_file: bool = False
     drop: bool = False
 
     @classmethod
@@ -1335,7 +1336,8 @@ class XnatApp:
                     entries: list[tuple[str, Path]] = []
                     for owner in owner_nodes:
                         entries += self._zip_entries(tx, owner, tx.resources(owner.owner_key))
-                    return _zip_response(entries, f"{node.obj.label if node.obj else 'scans'}.zip")
+                    return _zip_response(entries, f"{node.obj.label if node.obj else 'scans'}.zip",
+                                         self.store.files_dir / "outgoing")
                 rows: list[dict[str, str]] = []
                 for owner in owner_nodes:
                     rows += self._file_rows(tx, owner, tx.resources(owner.owner_key))
@@ -1351,8 +1353,10 @@ class XnatApp:
             with self.store.transaction() as tx:
                 if path is None:
                     if fmt == "zip":
-                        return _zip_response(self._zip_entries(tx, owner, resources),
-                                             f"{resources[0].label if len(resources) == 1 else 'files'}.zip")
+                        return _zip_response(
+                            self._zip_entries(tx, owner, resources),
+                            f"{resources[0].label if len(resources) == 1 else 'files'}.zip",
+                            self.store.files_dir / "outgoing")
                     return self._table(self._file_rows(tx, owner, resources), fmt)
                 for res in resources:
                     for f in tx.files(res.pk):
@@ -1735,8 +1739,9 @@ def _multipart(req: Request) -> list[tuple[str | None, str | None, str | None, b
     return parts  # type: ignore[return-value]
 
 
-def _zip_response(entries: list[tuple[str, Path]], filename: str) -> Response:
-    resp = Response(body=build_zip(entries), content_type="application/zip")
+def _zip_response(entries: list[tuple[str, Path]], filename: str, folder: Path) -> Response:
+    resp = Response(file=build_zip(entries, folder), delete_file=True,
+                    content_type="application/zip")
     resp.headers.append(("Content-Disposition", f'attachment; filename="{filename}"'))
     return resp
 
@@ -1849,22 +1854,35 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(resp)
 
     def _send(self, resp: Response) -> None:
-        self.send_response(resp.status)
-        self.send_header("Content-Type", resp.content_type)
-        for name, value in resp.headers:
-            self.send_header(name, value)
-        if resp.file is not None:
-            size = resp.file.stat().st_size
-            self.send_header("Content-Length", str(size))
-            self.end_headers()
-            if self.command != "HEAD":
-                with open(resp.file, "rb") as handle:
+        handle: IO[bytes] | None = None
+        path = resp.file
+        if path is not None:
+            try:
+                handle = open(path, "rb")  # noqa: SIM115 - closed below
+            except FileNotFoundError:
+                resp = Response.text("File removed while the download started; retry", 404)
+            else:
+                if resp.delete_file:
+                    path.unlink(missing_ok=True)  # the open handle keeps the content
+        try:
+            self.send_response(resp.status)
+            self.send_header("Content-Type", resp.content_type)
+            for name, value in resp.headers:
+                self.send_header(name, value)
+            if handle is not None:
+                size = os.fstat(handle.fileno()).st_size
+                self.send_header("Content-Length", str(size))
+                self.end_headers()
+                if self.command != "HEAD":
                     shutil.copyfileobj(handle, self.wfile, 1 << 20)
-        else:
-            self.send_header("Content-Length", str(len(resp.body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(resp.body)
+            else:
+                self.send_header("Content-Length", str(len(resp.body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(resp.body)
+        finally:
+            if handle is not None:
+                handle.close()
 
     do_GET = _handle
     do_PUT = _handle

@@ -142,14 +142,19 @@ def safe_zip_members(archive: zipfile.ZipFile, limits: ZipLimits, what: str) -> 
     return members
 
 
-def build_zip(entries: Iterable[tuple[str, Path]]) -> bytes:
-    """A zip (stored, not compressed: DICOM and PNG do not compress) of ``(arcname, path)``."""
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
+def build_zip(entries: Iterable[tuple[str, Path]], folder: Path) -> Path:
+    """Write a zip of ``(arcname, path)`` entries to a new temporary file in ``folder``.
+
+    Members are stored, not compressed (DICOM and PNG barely compress); the caller streams the
+    file to the client and deletes it.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"download-{secrets.token_hex(8)}.zip"
+    with zipfile.ZipFile(target, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as archive:
         seen: set[str] = set()
         for arcname, path in entries:
             if arcname in seen:
                 continue
             seen.add(arcname)
             archive.write(path, arcname)
-    return buffer.getvalue()
+    return target
