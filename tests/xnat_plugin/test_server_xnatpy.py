@@ -186,6 +186,9 @@ def test_permissions_401_and_403(xnat_server: RunningServer, session: Any) -> No
                                             rater="reader")
         with pytest.raises(XNATResponseError, match="403"):
             reader.get("/data/projects/HIDDEN")
+        assert "reader" in reader.users
+        project_users = reader.projects[PROJECT].users
+        assert project_users["reader"].access_level == "Collaborators"
 
 
 def test_restart_keeps_everything(xnat_server: RunningServer, imported: Any) -> None:

@@ -324,6 +324,12 @@ class XnatApp:
             return self._search(req)
         if path == "/data/services/import" and method == "POST":
             return self._import(req)
+        if path == "/data/users" and method == "GET":
+            with self.store.transaction() as tx:
+                rows = [{"login": u["login"], "email": u["email"], "firstname": u["first_name"],
+                         "lastname": u["last_name"], "enabled": "1" if u["enabled"] else "0"}
+                        for u in tx.users()]
+            return self._table(rows, (req.param("format") or "json").lower())
         if path.startswith("/data/"):
             segs = [urllib.parse.unquote(s) for s in path[len("/data/"):].split("/")]
             return self._rest(req, segs)
