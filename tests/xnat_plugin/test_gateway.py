@@ -33,6 +33,7 @@ from xnat_plugin.gateway import (
     XnatGateway,
     XnatGatewayClosedError,
     XnatNotFoundError,
+    XnatPermissionError,
     XnatScanSelectionError,
     XnatServerError,
     XnatValidationError,
@@ -532,3 +533,27 @@ def test_connect_retries_and_reports_an_unreachable_host(xnat_server_factory: Ca
     with pytest.raises(XnatConnectionError, match=r"cannot connect to XNAT at .* after 2 attempt") as info:
         XnatGateway.connect(url, "admin", "Unr3achable-pw", retries=1, backoff=0.001)
     assert "Unr3achable" not in _chain_text(info.value)
+
+
+def test_forbidden_write_is_not_retried_and_names_the_user(xnat_server: RunningServer, tmp_path: Path) -> None:
+    with _connect(xnat_server) as admin:
+        session = _make_sessions(admin, "PERM", ["S1"])[0]
+        admin.xnat.post("/xapi/users", json={"username": "viewer", "password": "V1ewer-pw-x", "email": "v@example.org",
+                                             "firstName": "V", "lastName": "W", "enabled": True, "verified": True})
+        admin.xnat.put("/data/projects/PERM/users/Collaborators/viewer")  # read-only role
+    with XnatGateway.connect(xnat_server.url, "viewer", "V1ewer-pw-x", backoff=0.001) as viewer:
+        assert [s.label for s in viewer.find_sessions_to_score("PERM", model_version=MODEL)] == ["S1"]
+        log = Requests(viewer)
+        with pytest.raises(XnatPermissionError, match="user 'viewer' lacks the access") as info:
+            viewer.write_rating(session, "viewer", {"overall": 4})
+        assert info.value.status == 403 and info.value.attempts == 1 and len(log) == 1
+        assert "S1_rating_viewer" in str(info.value) and "V1ewer-pw-x" not in _chain_text(info.value)
+
+
+def test_mark_failed_redacts_and_truncates_the_reason(gw: XnatGateway) -> None:
+    session = _make_sessions(gw, "FAIL", ["S1"])[0]
+    reason = "ConnectionError: http://u:Hunter2-pw@pacs/ refused; password=Hunter2-pw " + "x" * 3000
+    gw.mark_failed(session, "1", MODEL, reason)
+    stored = gw.read_assessments("FAIL")[0].record
+    assert stored.status == "failed" and "Hunter2" not in stored.failure_reason
+    assert len(stored.failure_reason) == 2000 and stored.failure_reason.endswith("...")
