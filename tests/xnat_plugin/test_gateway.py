@@ -444,7 +444,6 @@ def _populate(gw: XnatGateway, project: str, n: int) -> list[SessionRef]:
     return sessions
 
 
-@pytest.mark.slow
 def test_bulk_reads_use_one_request_whatever_the_project_size(
     gw: XnatGateway, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -557,3 +556,24 @@ def test_mark_failed_redacts_and_truncates_the_reason(gw: XnatGateway) -> None:
     stored = gw.read_assessments("FAIL")[0].record
     assert stored.status == "failed" and "Hunter2" not in stored.failure_reason
     assert len(stored.failure_reason) == 2000 and stored.failure_reason.endswith("...")
+
+
+def test_download_retries_and_rewrites_from_the_start(
+    xnat_server_factory: Callable[..., RunningServer], tmp_path: Path
+) -> None:
+    server = xnat_server_factory()
+    with _connect(server) as gw:
+        session = _make_sessions(gw, "DLR", ["S1"])[0]
+        base = f"/data/experiments/{session.session_id}/scans/7"
+        gw.xnat.put(base, query={"xsiType": "xnat:ctScanData"})
+        payload = {f"IM{i}.dcm": bytes([i]) * (1000 + i) for i in range(3)}
+        for name, data in payload.items():
+            gw.xnat.put(f"{base}/resources/DICOM/files/{name}", data=data, query={"inbody": "true"})
+    for faults in (FaultConfig(error_rate=0.6, path_regex=r"/resources/DICOM/files$", seed=7),
+                   FaultConfig(drop_rate=0.6, path_regex=r"/resources/DICOM/files$", seed=6)):  # fmt: skip
+        server.restart(faults=faults)
+        with _connect(server, retries=12) as gw:
+            for _ in range(3):
+                folder = gw.download_scan(session, "7", dest_dir=tmp_path / "dl")
+                assert {p.name: p.read_bytes() for p in folder.iterdir()} == payload
+            assert gw.request_counts.retries > 0

@@ -109,6 +109,7 @@ _OK_CREATED = (200, 201)
 #: line to about 8 KiB); longer field sets are split over several PUTs by label.
 _MAX_QUERY_CHARS = 4000
 _MODALITY_XSI = {"CT": CT_SESSION_XSI_TYPE}
+_LOCK_STRIPES = 64
 _RESOURCE_LABEL = re.compile(r"[A-Za-z0-9_-]+")
 _ID_LIKE = re.compile(r"[A-Za-z0-9_.-]+")
 _SESSION_COLUMNS = ("ID", "label", "project", "xsiType", "subject_ID", "subject_label", "URI", "insert_date",
@@ -209,8 +210,9 @@ class XnatGateway:
         self._counter_lock = threading.Lock()
         self._attempts = 0
         self._retries = 0
-        self._locks_guard = threading.Lock()
-        self._label_locks: dict[tuple[str, str], threading.Lock] = {}
+        # Striped locks: writes of one assessor label from threads of this process take turns;
+        # a fixed number of stripes keeps memory bounded in long-running services.
+        self._label_locks = tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -724,26 +726,20 @@ class XnatGateway:
         return final
 
     def _download(self, path: str, target: Path, *, what: str, query: Mapping[str, str]) -> None:
-        """Stream a GET to ``target`` with the same retry rules as :meth:`_request`."""
-        resp = None
+        """Stream a GET to ``target`` (xnatpy ``download_stream``) with the retry rules of
+        :meth:`_request`; each attempt rewrites the file from the start."""
+        fmt = query.get("format")
         attempt = 0
         while True:
             session = self._open()
             self._count(retry=attempt > 0)
             attempt += 1
             try:
-                resp = session.interface.get(
-                    session._format_uri(path, query=dict(query)), stream=True, timeout=self._timeout
-                )
-                try:
-                    if resp.status_code == 200:
-                        with open(target, "wb") as fh:
-                            for chunk in resp.iter_content(1 << 20):
-                                fh.write(chunk)
-                        return
-                    answer = _Answer(resp.status_code, resp.text, resp.headers, resp)
-                finally:
-                    resp.close()
+                with open(target, "wb") as fh:
+                    session.download_stream(path, fh, format=fmt, verbose=False, timeout=self._timeout)
+                return
+            except xnat.exceptions.XNATResponseError as exc:
+                answer = _Answer(int(exc.status_code), str(exc.text or ""), {}, None)
             except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
                 if attempt < self._policy.max_attempts:
                     self._backoff(attempt, "GET", path, what, type(exc).__name__, None)
@@ -752,8 +748,13 @@ class XnatGateway:
                     f"GET {path} for {what}: download failed after {attempt} attempt(s) ({type(exc).__name__}); "
                     f"check that XNAT at {self._host} is running and reachable", uri=path, attempts=attempt,
                 ) from exc
+            except ValueError as exc:  # xnatpy: an HTML page instead of the file
+                raise XnatResponseFormatError(
+                    f"GET {path} for {what}: XNAT answered with an HTML page instead of a zip; check the host URL",
+                    status=200, uri=path, attempts=attempt,
+                ) from exc
             if is_retryable_status(answer.status) and attempt < self._policy.max_attempts:
-                self._backoff(attempt, "GET", path, what, f"HTTP {answer.status}", _retry_after(answer.headers))
+                self._backoff(attempt, "GET", path, what, f"HTTP {answer.status}", None)
                 continue
             raise self._status_error("GET", path, what, answer, attempt)
 
@@ -776,9 +777,8 @@ class XnatGateway:
 
     @contextmanager
     def _label_lock(self, session_id: str, label: str) -> Iterator[None]:
-        with self._locks_guard:
-            lock = self._label_locks.setdefault((session_id, label), threading.Lock())
-        with lock:
+        digest = hashlib.blake2b(f"{session_id}/{label}".encode(), digest_size=4).digest()
+        with self._label_locks[int.from_bytes(digest, "big") % _LOCK_STRIPES]:
             yield
 
     def _assessors_path(self, session: SessionRef) -> str:
