@@ -154,7 +154,9 @@ def read_per_assessor(url: str) -> tuple[float, dict[str, Any], int]:
                                                                  else str(value))  # fmt: skip
                     out[row["ID"]] = AssessmentRecord.from_xnat_fields(fields, what=row["ID"])
                 else:
-                    scores = {c: int(getattr(obj, c)) for c in CATEGORIES if getattr(obj, c) is not None}
+                    scores = {
+                        c: int(getattr(obj, c)) for c in CATEGORIES if getattr(obj, c) is not None
+                    }
                     out[row["ID"]] = (obj.rater, scores)
         return time.perf_counter() - t0, out, counter.n
 
@@ -181,7 +183,9 @@ def _same(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return True
 
 
-def _time(fn: Callable[[], tuple[float, dict[str, Any], int]], repeats: int) -> tuple[float, int, dict[str, Any]]:
+def _time(
+    fn: Callable[[], tuple[float, dict[str, Any], int]], repeats: int
+) -> tuple[float, int, dict[str, Any]]:
     times, count, result = [], 0, {}
     for _ in range(repeats):
         elapsed, result, count = fn()
@@ -194,24 +198,35 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sessions", type=int, default=2000)
     parser.add_argument("--raters", type=int, default=2, help="ratings per session")
     parser.add_argument("--workers", type=int, default=4, help="threads populating the server")
-    parser.add_argument("--repeats", type=int, default=3, help="timed repeats of the bulk read (median)")
-    parser.add_argument("--repeats-per-assessor", type=int, default=1, help="timed repeats of (b) (median)")
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="timed repeats of the bulk read (median)"
+    )
+    parser.add_argument(
+        "--repeats-per-assessor", type=int, default=1, help="timed repeats of (b) (median)"
+    )
     args = parser.parse_args(argv)
     print(f"python {platform.python_version()} on {platform.machine()}, {args.sessions} sessions, "
           f"{args.raters} ratings each")  # fmt: skip
-    with tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp, run_in_thread(
-        ServerConfig(data_dir=Path(tmp), admin_user=USER, admin_password=PASSWORD)
-    ) as server:
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-gateway-") as tmp,
+        run_in_thread(
+            ServerConfig(data_dir=Path(tmp), admin_user=USER, admin_password=PASSWORD)
+        ) as server,
+    ):
         secs = populate(server.url, args.sessions, args.raters, args.workers)
         n_assessors = args.sessions * (1 + args.raters)
         print(f"populated {args.sessions} sessions + {n_assessors} assessors by PUT in {secs:.1f} s "
               f"({args.workers} threads)")  # fmt: skip
         t_bulk, n_bulk, bulk = _time(lambda: read_bulk(server.url), args.repeats)
-        t_each, n_each, each = _time(lambda: read_per_assessor(server.url), args.repeats_per_assessor)
+        t_each, n_each, each = _time(
+            lambda: read_per_assessor(server.url), args.repeats_per_assessor
+        )
     if len(bulk) != n_assessors or not _same(bulk, each):
         print("MISMATCH: the two methods read different records", file=sys.stderr)
         return 1
-    print(f"(a) gateway bulk reads      : {t_bulk:8.3f} s  {n_bulk:6d} requests  (median of {args.repeats})")
+    print(
+        f"(a) gateway bulk reads      : {t_bulk:8.3f} s  {n_bulk:6d} requests  (median of {args.repeats})"
+    )
     print(f"(b) one request per assessor: {t_each:8.3f} s  {n_each:6d} requests")
     print(f"ratio (b)/(a): time {t_each / t_bulk:.1f}x, requests {n_each / n_bulk:.0f}x; "
           f"records identical ({len(bulk)} assessors)")  # fmt: skip

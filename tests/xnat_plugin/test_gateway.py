@@ -65,7 +65,14 @@ class Requests:
     def _hook(self, resp: requests.Response, *args: Any, **kwargs: Any) -> None:
         parts = urlsplit(str(resp.request.url))
         with self._lock:
-            self.calls.append((str(resp.request.method), unquote(parts.path), resp.status_code, parse_qs(parts.query)))
+            self.calls.append(
+                (
+                    str(resp.request.method),
+                    unquote(parts.path),
+                    resp.status_code,
+                    parse_qs(parts.query),
+                )
+            )
 
     def __len__(self) -> int:
         return len(self.calls)
@@ -79,7 +86,12 @@ def _chain_text(exc: BaseException) -> str:
     parts = []
     seen: BaseException | None = exc
     while seen is not None:
-        parts += [str(seen), repr(seen), repr(seen.args), "".join(traceback.format_exception_only(seen))]
+        parts += [
+            str(seen),
+            repr(seen),
+            repr(seen.args),
+            "".join(traceback.format_exception_only(seen)),
+        ]
         seen = seen.__cause__ or seen.__context__
     return "\n".join(parts)
 
@@ -89,9 +101,15 @@ def _server_requests(caplog: pytest.LogCaptureFixture, prefix: str = "") -> list
 
     The server logs a request just after answering it, so wait until the log is quiet.
     """
+
     def lines() -> list[str]:
-        return [m for r in list(caplog.records)
-                if r.name == "xnat_plugin.server" and " -> " in (m := r.getMessage()) and m.startswith(prefix)]
+        return [
+            m
+            for r in list(caplog.records)
+            if r.name == "xnat_plugin.server"
+            and " -> " in (m := r.getMessage())
+            and m.startswith(prefix)
+        ]
 
     seen, quiet = lines(), 0
     while quiet < 5:
@@ -107,12 +125,17 @@ def _make_sessions(gw: XnatGateway, project: str, labels: list[str]) -> list[Ses
     x.put(f"/data/projects/{project}")
     x.put(f"/data/projects/{project}/subjects/SUBJ")
     for label in labels:
-        x.put(f"/data/projects/{project}/subjects/SUBJ/experiments/{label}", query={"xsiType": "xnat:ctSessionData"})
+        x.put(
+            f"/data/projects/{project}/subjects/SUBJ/experiments/{label}",
+            query={"xsiType": "xnat:ctSessionData"},
+        )
     by_label = {ref.label: ref for ref in gw.list_sessions(project)}
     return [by_label[label] for label in labels]
 
 
-def _record(scan_id: str = "1", *, score: float = 3.25, status: str = "complete", version: str = MODEL) -> AssessmentRecord:
+def _record(
+    scan_id: str = "1", *, score: float = 3.25, status: str = "complete", version: str = MODEL
+) -> AssessmentRecord:
     cats = {
         c: CategoryAssessment(score=score + 0.25 * i, ae=100.0 + i, ae_per_voxel=0.5 + i / 8, outlier=(c == "larynx"),
                               outlier_reason="robust z 3.9" if c == "larynx" else "")
@@ -137,7 +160,9 @@ def _resource_files(tmp: Path, tag: str) -> dict[str, list[Path]]:
 
 
 def _assessors(gw: XnatGateway, session: SessionRef) -> list[dict[str, str]]:
-    rows = gw.xnat.get_json(f"/data/experiments/{session.session_id}/assessors")["ResultSet"]["Result"]
+    rows = gw.xnat.get_json(f"/data/experiments/{session.session_id}/assessors")["ResultSet"][
+        "Result"
+    ]
     return [r for r in rows if r.get("xsiType", "").lower() == "cbctqa:qaassessmentdata"]
 
 
@@ -159,7 +184,9 @@ def test_context_manager_closes_the_xnat_session(xnat_server: RunningServer) -> 
     assert gw.closed and "closed" in repr(gw)
     assert session.interface is None  # xnatpy's requests session is closed
     # the server forgot the JSESSION: the old cookie no longer authenticates
-    resp = requests.get(f"{xnat_server.url}/data/projects?format=json", cookies={"JSESSIONID": token}, timeout=10)
+    resp = requests.get(
+        f"{xnat_server.url}/data/projects?format=json", cookies={"JSESSIONID": token}, timeout=10
+    )
     assert resp.status_code == 401
     with pytest.raises(XnatGatewayClosedError, match="closed"):
         gw.read_assessments("LIFE")
@@ -208,11 +235,22 @@ def test_password_never_appears_in_errors_logs_or_reprs(
     # after a successful login: an error, the gateway's repr, results and all logs stay clean
     with _connect(xnat_server, project="HYG") as gw:
         token = gw.xnat.jsession
-        ghost = SessionRef(project="HYG", subject="s", session_id="NOPE_E1", label="GHOST", uri="/data/experiments/NOPE_E1")
+        ghost = SessionRef(
+            project="HYG",
+            subject="s",
+            session_id="NOPE_E1",
+            label="GHOST",
+            uri="/data/experiments/NOPE_E1",
+        )
         with pytest.raises(XnatNotFoundError) as missing:
             gw.download_scan(ghost, "1", dest_dir=xnat_server.data_dir / "dl")
         err = missing.value
-        assert err.status == 404 and "GHOST" in str(err) and "NOPE_E1" in str(err) and err.attempts == 1
+        assert (
+            err.status == 404
+            and "GHOST" in str(err)
+            and "NOPE_E1" in str(err)
+            and err.attempts == 1
+        )
         everything = _chain_text(err) + repr(gw) + repr(ghost) + caplog.text
         assert xnat_server.password not in everything
         assert token not in everything  # the session cookie is a credential too
@@ -224,9 +262,9 @@ def test_password_never_appears_in_errors_logs_or_reprs(
 
 def test_find_sessions_to_score_uses_constant_requests(gw: XnatGateway) -> None:
     sessions = _make_sessions(gw, "DISC", [f"S{i:02d}" for i in range(6)])
-    gw.write_assessment(sessions[0], _record())                      # done for MODEL
-    gw.write_assessment(sessions[1], _record(status="running"))      # still running
-    gw.write_assessment(sessions[2], _record(version="0.9.0"))       # older model only
+    gw.write_assessment(sessions[0], _record())  # done for MODEL
+    gw.write_assessment(sessions[1], _record(status="running"))  # still running
+    gw.write_assessment(sessions[2], _record(version="0.9.0"))  # older model only
     gw.mark_failed(sessions[3], "1", MODEL, "RuntimeError: CUDA out of memory")
     log = Requests(gw)
     todo = gw.find_sessions_to_score("DISC", model_version=MODEL)
@@ -234,7 +272,11 @@ def test_find_sessions_to_score_uses_constant_requests(gw: XnatGateway) -> None:
     assert len(log) == 2
     assert all(method == "GET" and path == "/data/experiments" for method, path, _, _ in log.calls)
     first = todo[0]
-    assert (first.project, first.subject, first.session_id) == ("DISC", "SUBJ", sessions[1].session_id)
+    assert (first.project, first.subject, first.session_id) == (
+        "DISC",
+        "SUBJ",
+        sessions[1].session_id,
+    )
     assert first.insert_date is not None and first.last_modified is not None
     # more sessions, same number of requests
     _make_sessions(gw, "DISC", [f"T{i:02d}" for i in range(20)])
@@ -260,10 +302,14 @@ def test_discovery_errors(gw: XnatGateway) -> None:
 # ---------------------------------------------------------------------- download and load
 
 
-def _import_series(gw: XnatGateway, tmp: Path, project: str, label: str, series: list[tuple[int, np.ndarray]]) -> None:
+def _import_series(
+    gw: XnatGateway, tmp: Path, project: str, label: str, series: list[tuple[int, np.ndarray]]
+) -> None:
     folder = tmp / label
     for number, hu in series:
-        write_series(hu, (2.0, 0.5, 0.5), folder / str(number), uid_seed=label, series_number=number)
+        write_series(
+            hu, (2.0, 0.5, 0.5), folder / str(number), uid_seed=label, series_number=number
+        )
     archive = tmp / f"{label}.zip"
     with zipfile.ZipFile(archive, "w") as zf:
         for f in sorted(folder.rglob("*.dcm")):
@@ -272,11 +318,15 @@ def _import_series(gw: XnatGateway, tmp: Path, project: str, label: str, series:
                              import_handler="DICOM-zip")  # fmt: skip
 
 
-def test_download_picks_the_largest_ct_scan_and_loads_it(xnat_server: RunningServer, tmp_path: Path) -> None:
+def test_download_picks_the_largest_ct_scan_and_loads_it(
+    xnat_server: RunningServer, tmp_path: Path
+) -> None:
     rng = np.random.default_rng(7)
     small = rng.normal(0.0, 200.0, (3, 12, 10)).astype(np.float32)
     large = rng.normal(40.0, 300.0, (5, 12, 10)).astype(np.float32)
-    with _connect(xnat_server, parse_model=True) as gw:  # xnatpy's import_ builds an object: needs the model
+    with _connect(
+        xnat_server, parse_model=True
+    ) as gw:  # xnatpy's import_ builds an object: needs the model
         gw.xnat.put("/data/projects/DL")
         _import_series(gw, tmp_path, "DL", "CBCT01", [(1, small), (2, large)])
         session = gw.get_session("CBCT01", "DL")
@@ -312,8 +362,12 @@ def test_download_picks_the_largest_ct_scan_and_loads_it(xnat_server: RunningSer
 
 def test_repeated_writes_update_one_assessor(gw: XnatGateway, tmp_path: Path) -> None:
     session = _make_sessions(gw, "IDEM", ["S1"])[0]
-    first = gw.write_assessment(session, _record(score=2.0), resources=_resource_files(tmp_path / "a", "a"))
-    second = gw.write_assessment(session, _record(score=4.0), resources=_resource_files(tmp_path / "b", "b"))
+    first = gw.write_assessment(
+        session, _record(score=2.0), resources=_resource_files(tmp_path / "a", "a")
+    )
+    second = gw.write_assessment(
+        session, _record(score=4.0), resources=_resource_files(tmp_path / "b", "b")
+    )
     third = gw.write_assessment(session, _record(score=4.5))
     assert first == second == third
     rows = _assessors(gw, session)
@@ -322,7 +376,9 @@ def test_repeated_writes_update_one_assessor(gw: XnatGateway, tmp_path: Path) ->
     assert len(stored) == 1 and stored[0].assessor_id == first
     assert stored[0].record == _record(score=4.5)
     # the resources of the second write replaced the first's
-    csv = gw.xnat.get(f"/data/experiments/{session.session_id}/assessors/{first}/resources/AE_SLICES/files/slice_ae.csv")
+    csv = gw.xnat.get(
+        f"/data/experiments/{session.session_id}/assessors/{first}/resources/AE_SLICES/files/slice_ae.csv"
+    )
     assert csv.text == "slice,parotid\n0,b\n"
     # a failure then a success: the failure reason is cleared
     assert gw.mark_failed(session, "1", MODEL, "DicomError: truncated file") == first
@@ -340,7 +396,9 @@ def test_stale_resource_files_are_removed(gw: XnatGateway, tmp_path: Path) -> No
         f.write_bytes(f.name.encode())
     aid = gw.write_assessment(session, _record(), resources={"OVERLAYS": old})
     gw.write_assessment(session, _record(), resources={"OVERLAYS": old[:1]})
-    rows = gw.xnat.get_json(f"/data/experiments/{session.session_id}/assessors/{aid}/resources/OVERLAYS/files")
+    rows = gw.xnat.get_json(
+        f"/data/experiments/{session.session_id}/assessors/{aid}/resources/OVERLAYS/files"
+    )
     assert [r["Name"] for r in rows["ResultSet"]["Result"]] == ["a.png"]
 
 
@@ -376,7 +434,9 @@ def test_resources_are_uploaded_before_status_complete(gw: XnatGateway, tmp_path
             events.append(query[status_key][0])
     assert events == ["running", "upload", "upload", "upload", "complete"]
     for label, name in (("OVERLAYS", "overlay_parotid.png"), ("MAPS", "raw_maps.npz")):
-        body = gw.xnat.get(f"/data/experiments/{session.session_id}/assessors/{aid}/resources/{label}/files/{name}")
+        body = gw.xnat.get(
+            f"/data/experiments/{session.session_id}/assessors/{aid}/resources/{label}/files/{name}"
+        )
         assert body.content == (tmp_path / name).read_bytes()
 
 
@@ -385,14 +445,20 @@ def test_failed_upload_leaves_the_assessment_running(xnat_server_factory: Callab
     server = xnat_server_factory(faults=FaultConfig(error_rate=1.0, path_regex=r"/resources/MAPS/"))
     with _connect(server, retries=2) as gw:
         session = _make_sessions(gw, "HALF", ["S1"])[0]
-        with pytest.raises(XnatServerError, match=r"resource MAPS file raw_maps.npz.*HTTP 503 after 3 attempt") as info:
+        with pytest.raises(
+            XnatServerError, match=r"resource MAPS file raw_maps.npz.*HTTP 503 after 3 attempt"
+        ) as info:
             gw.write_assessment(session, _record(), resources=_resource_files(tmp_path, "h"))
         assert info.value.attempts == 3 and "S1" in str(info.value)
         stored = gw.read_assessments("HALF")
-        assert len(stored) == 1 and stored[0].record.status == "running"  # never "complete" without its maps
+        assert (
+            len(stored) == 1 and stored[0].record.status == "running"
+        )  # never "complete" without its maps
 
 
-def test_concurrent_writes_end_with_one_assessor(xnat_server: RunningServer, tmp_path: Path) -> None:
+def test_concurrent_writes_end_with_one_assessor(
+    xnat_server: RunningServer, tmp_path: Path
+) -> None:
     with _connect(xnat_server) as gw:
         session = _make_sessions(gw, "RACE", ["S1"])[0]
     n_threads = 6
@@ -405,7 +471,9 @@ def test_concurrent_writes_end_with_one_assessor(xnat_server: RunningServer, tmp
             with _connect(xnat_server, seed=i) as mine:  # separate workers, separate sessions
                 files = _resource_files(tmp_path / f"w{i}", f"w{i}")
                 barrier.wait()
-                ids.append(mine.write_assessment(session, _record(score=1.0 + i / 2), resources=files))
+                ids.append(
+                    mine.write_assessment(session, _record(score=1.0 + i / 2), resources=files)
+                )
         except BaseException as exc:  # collected and re-raised in the main thread
             errors.append(exc)
 
@@ -439,8 +507,12 @@ def _populate(gw: XnatGateway, project: str, n: int) -> list[SessionRef]:
     sessions = _make_sessions(gw, project, [f"S{i:03d}" for i in range(n)])
     for i, s in enumerate(sessions):
         gw.write_assessment(s, _record(score=1.0 + (i % 4)))
-        gw.write_rating(s, "dr_a", {c: 1 + (i + j) % 5 for j, c in enumerate(CATEGORIES)}, on_behalf_of=True)
-        gw.write_rating(s, "dr_b", {"overall": 1 + i % 5}, comments=f"case {i}", scan_id="1", on_behalf_of=True)
+        gw.write_rating(
+            s, "dr_a", {c: 1 + (i + j) % 5 for j, c in enumerate(CATEGORIES)}, on_behalf_of=True
+        )
+        gw.write_rating(
+            s, "dr_b", {"overall": 1 + i % 5}, comments=f"case {i}", scan_id="1", on_behalf_of=True
+        )
     return sessions
 
 
@@ -457,11 +529,18 @@ def test_bulk_reads_use_one_request_whatever_the_project_size(
         ratings = gw.read_ratings(project)
         counts[n] = (len(log), len(_server_requests(caplog, "GET /data/experiments ->")) - before)
         assert len(assessments) == n and len(ratings) == 2 * n
-        assert assessments[2].session_label == "S002" and assessments[2].record == _record(score=3.0)
+        assert assessments[2].session_label == "S002" and assessments[2].record == _record(
+            score=3.0
+        )
         by_rater = {(r.session_label, r.rater): r for r in ratings}
-        assert by_rater[("S002", "dr_a")].scores == {c: 1 + (2 + j) % 5 for j, c in enumerate(CATEGORIES)}
+        assert by_rater[("S002", "dr_a")].scores == {
+            c: 1 + (2 + j) % 5 for j, c in enumerate(CATEGORIES)
+        }
         assert by_rater[("S002", "dr_b")].scores == {"overall": 3}
-        assert by_rater[("S002", "dr_b")].comments == "case 2" and by_rater[("S002", "dr_b")].scan_id == "1"
+        assert (
+            by_rater[("S002", "dr_b")].comments == "case 2"
+            and by_rater[("S002", "dr_b")].scan_id == "1"
+        )
     assert counts[3] == counts[15] == (2, 2)  # one request each, counted by client and by server
 
 
@@ -485,7 +564,9 @@ def test_rating_validation_and_replacement(gw: XnatGateway) -> None:
 # ---------------------------------------------------------------------- retries
 
 
-def test_retries_on_503_and_dropped_connections(xnat_server_factory: Callable[..., RunningServer]) -> None:
+def test_retries_on_503_and_dropped_connections(
+    xnat_server_factory: Callable[..., RunningServer],
+) -> None:
     server = xnat_server_factory()
     with _connect(server) as gw:
         _populate(gw, "FLAKY", 3)
@@ -506,47 +587,78 @@ def test_retries_on_503_and_dropped_connections(xnat_server_factory: Callable[..
 def test_gives_up_after_the_retry_budget_and_never_retries_4xx(
     xnat_server_factory: Callable[..., RunningServer], caplog: pytest.LogCaptureFixture
 ) -> None:
-    server = xnat_server_factory(faults=FaultConfig(error_rate=1.0, path_regex=r"^/data/experiments$"))
+    server = xnat_server_factory(
+        faults=FaultConfig(error_rate=1.0, path_regex=r"^/data/experiments$")
+    )
     caplog.set_level(logging.INFO, logger="xnat_plugin.server")
     with _connect(server, retries=3) as gw:
-        with pytest.raises(XnatServerError, match=r"XNAT answered HTTP 503 after 4 attempt") as info:
+        with pytest.raises(
+            XnatServerError, match=r"XNAT answered HTTP 503 after 4 attempt"
+        ) as info:
             gw.read_ratings("ANY")
         assert info.value.status == 503 and info.value.attempts == 4
         assert len(_server_requests(caplog, "GET /data/experiments -> 503")) == 4
-        ghost = SessionRef(project="ANY", subject="s", session_id="XNAT_E99999", label="GHOST", uri="/x")
+        ghost = SessionRef(
+            project="ANY", subject="s", session_id="XNAT_E99999", label="GHOST", uri="/x"
+        )
         with pytest.raises(XnatNotFoundError) as missing:
             gw.list_scans(ghost)
         assert missing.value.attempts == 1
         assert len(_server_requests(caplog, "GET /data/experiments/XNAT_E99999 -> 404")) == 1
     server.restart(faults=FaultConfig(drop_rate=1.0, path_regex=r"^/data/experiments$"))
-    with _connect(server, retries=2) as gw, pytest.raises(XnatConnectionError, match="after 3 attempt"):
+    with (
+        _connect(server, retries=2) as gw,
+        pytest.raises(XnatConnectionError, match="after 3 attempt"),
+    ):
         gw.read_assessments("ANY")
 
 
-def test_connect_retries_and_reports_an_unreachable_host(xnat_server_factory: Callable[..., RunningServer]) -> None:
-    server = xnat_server_factory(faults=FaultConfig(error_rate=0.5, path_regex=r"^/data/services/auth$", seed=2))
+def test_connect_retries_and_reports_an_unreachable_host(
+    xnat_server_factory: Callable[..., RunningServer],
+) -> None:
+    server = xnat_server_factory(
+        faults=FaultConfig(error_rate=0.5, path_regex=r"^/data/services/auth$", seed=2)
+    )
     with _connect(server, retries=8) as gw:
         assert gw.xnat.logged_in_user == server.user
     url = server.url
     server.stop()
-    with pytest.raises(XnatConnectionError, match=r"cannot connect to XNAT at .* after 2 attempt") as info:
+    with pytest.raises(
+        XnatConnectionError, match=r"cannot connect to XNAT at .* after 2 attempt"
+    ) as info:
         XnatGateway.connect(url, "admin", "Unr3achable-pw", retries=1, backoff=0.001)
     assert "Unr3achable" not in _chain_text(info.value)
 
 
-def test_forbidden_write_is_not_retried_and_names_the_user(xnat_server: RunningServer, tmp_path: Path) -> None:
+def test_forbidden_write_is_not_retried_and_names_the_user(
+    xnat_server: RunningServer, tmp_path: Path
+) -> None:
     with _connect(xnat_server) as admin:
         session = _make_sessions(admin, "PERM", ["S1"])[0]
-        admin.xnat.post("/xapi/users", json={"username": "viewer", "password": "V1ewer-pw-x", "email": "v@example.org",
-                                             "firstName": "V", "lastName": "W", "enabled": True, "verified": True})
+        admin.xnat.post(
+            "/xapi/users",
+            json={
+                "username": "viewer",
+                "password": "V1ewer-pw-x",
+                "email": "v@example.org",
+                "firstName": "V",
+                "lastName": "W",
+                "enabled": True,
+                "verified": True,
+            },
+        )
         admin.xnat.put("/data/projects/PERM/users/Collaborators/viewer")  # read-only role
     with XnatGateway.connect(xnat_server.url, "viewer", "V1ewer-pw-x", backoff=0.001) as viewer:
-        assert [s.label for s in viewer.find_sessions_to_score("PERM", model_version=MODEL)] == ["S1"]
+        assert [s.label for s in viewer.find_sessions_to_score("PERM", model_version=MODEL)] == [
+            "S1"
+        ]
         log = Requests(viewer)
         with pytest.raises(XnatPermissionError, match="user 'viewer' lacks the access") as info:
             viewer.write_rating(session, "viewer", {"overall": 4})
         assert info.value.status == 403 and info.value.attempts == 1 and len(log) == 1
-        assert "S1_rating_viewer" in str(info.value) and "V1ewer-pw-x" not in _chain_text(info.value)
+        assert "S1_rating_viewer" in str(info.value) and "V1ewer-pw-x" not in _chain_text(
+            info.value
+        )
 
 
 def test_mark_failed_redacts_and_truncates_the_reason(gw: XnatGateway) -> None:

@@ -52,7 +52,11 @@ def test_only_transient_5xx_are_retryable() -> None:
 
 def test_credentials_from_arguments_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     creds = resolve_credentials("http://127.0.0.1:8080/", "alice", "s3cret-A")
-    assert (creds.host, creds.user, creds.password.reveal()) == ("http://127.0.0.1:8080", "alice", "s3cret-A")
+    assert (creds.host, creds.user, creds.password.reveal()) == (
+        "http://127.0.0.1:8080",
+        "alice",
+        "s3cret-A",
+    )
     monkeypatch.setenv("XNAT_HOST", "http://xnat.example.org")
     monkeypatch.setenv("XNAT_USER", "bob")
     monkeypatch.setenv("XNAT_PASS", "s3cret-B")
@@ -70,7 +74,9 @@ def test_credentials_from_netrc(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     monkeypatch.setenv("NETRC", str(netrc))
     creds = resolve_credentials("http://127.0.0.1:8080")
     assert (creds.user, creds.password.reveal(), creds.source) == ("carol", "s3cret-C", "netrc")
-    with pytest.raises(XnatConfigurationError, match=r"login for user 'carol'.*'dave' was requested"):
+    with pytest.raises(
+        XnatConfigurationError, match=r"login for user 'carol'.*'dave' was requested"
+    ):
         resolve_credentials("http://127.0.0.1:8080", "dave")
 
 
@@ -93,7 +99,9 @@ def test_unparsable_netrc_error_does_not_quote_it(tmp_path: Path) -> None:
         ("http://h", "u", None, "no password for XNAT user 'u'"),
     ],
 )
-def test_missing_or_bad_configuration(host: str | None, user: str | None, password: str | None, match: str) -> None:
+def test_missing_or_bad_configuration(
+    host: str | None, user: str | None, password: str | None, match: str
+) -> None:
     with pytest.raises(XnatConfigurationError, match=match) as info:
         resolve_credentials(host, user, password)
     assert "s3cret" not in str(info.value)

@@ -68,10 +68,16 @@ def test_assessment_round_trips_through_xnat_strings() -> None:
 
 
 def test_nan_and_absent_values_are_deleted_and_read_back_as_nan() -> None:
-    cats = {c: CategoryAssessment(score=3.0, ae=math.nan, ae_per_voxel=math.nan) for c in CATEGORIES}
+    cats = {
+        c: CategoryAssessment(score=3.0, ae=math.nan, ae_per_voxel=math.nan) for c in CATEGORIES
+    }
     rec = AssessmentRecord(status="complete", scan_id="1", model_version="v", categories=cats)
     fields = rec.to_xnat_fields()
-    assert fields["parotid_ae"] == "NULL" and fields["slices"] == "NULL" and fields["parotid_outlier"] == "NULL"
+    assert (
+        fields["parotid_ae"] == "NULL"
+        and fields["slices"] == "NULL"
+        and fields["parotid_outlier"] == "NULL"
+    )
     # XNAT lists a deleted field as empty text
     listed = {k: ("" if v == "NULL" else v) for k, v in fields.items()}
     back = AssessmentRecord.from_xnat_fields(listed, what="t")
@@ -82,7 +88,9 @@ def test_nan_and_absent_values_are_deleted_and_read_back_as_nan() -> None:
 
 def test_assessment_validation_names_the_field() -> None:
     with pytest.raises(XnatValidationError, match=r"categories .*'mandible'.* missing"):
-        _complete(categories={c: CategoryAssessment(3.0, 1.0, 0.1) for c in CATEGORIES if c != "mandible"})
+        _complete(
+            categories={c: CategoryAssessment(3.0, 1.0, 0.1) for c in CATEGORIES if c != "mandible"}
+        )
     with pytest.raises(XnatValidationError, match="status is 'done'"):
         _complete(status="done")
     with pytest.raises(XnatValidationError, match="failure_reason is empty"):
@@ -92,8 +100,12 @@ def test_assessment_validation_names_the_field() -> None:
     with pytest.raises(XnatValidationError, match="spacing"):
         _complete(spacing=(0.0, 1.0, 1.0))
     with pytest.raises(XnatValidationError, match="unknown categories"):
-        AssessmentRecord(status="running", scan_id="1", model_version="v",
-                         categories={"brain": CategoryAssessment(1.0, 1.0, 1.0)})
+        AssessmentRecord(
+            status="running",
+            scan_id="1",
+            model_version="v",
+            categories={"brain": CategoryAssessment(1.0, 1.0, 1.0)},
+        )
     with pytest.raises(XnatValidationError, match="infinite"):
         CategoryAssessment(score=math.inf, ae=1.0, ae_per_voxel=1.0)
     with pytest.raises(XnatValidationError, match="at most 1000"):
@@ -137,7 +149,9 @@ def test_validate_scores_rejects_bad_values(scores: dict[str, object], match: st
 def test_rating_record_from_row() -> None:
     ident = {"ID": "X_E9", "label": "S1_rating_bob", "URI": "/data/experiments/X_E9", "project": "P",
              "session_ID": "X_E1", "session_label": "S1", "date": "2026-11-27"}  # fmt: skip
-    rec = RatingRecord.from_row(ident, {"rater": "bob", "parotid": "4", "overall": "5", "larynx": ""}, what="r")
+    rec = RatingRecord.from_row(
+        ident, {"rater": "bob", "parotid": "4", "overall": "5", "larynx": ""}, what="r"
+    )
     assert rec.scores == {"parotid": 4, "overall": 5}
     assert rec.date is not None and rec.date.isoformat() == "2026-11-27"
     with pytest.raises(XnatResponseFormatError, match="outside the Likert"):

@@ -76,8 +76,14 @@ def _env(*names: str) -> str | None:
     return None
 
 
-def _netrc_lookup(netloc: str, netrc_file: str | Path | None) -> tuple[str | None, str | None, Path]:
-    path = Path(netrc_file) if netrc_file is not None else Path(os.environ.get("NETRC") or Path.home() / ".netrc")
+def _netrc_lookup(
+    netloc: str, netrc_file: str | Path | None
+) -> tuple[str | None, str | None, Path]:
+    path = (
+        Path(netrc_file)
+        if netrc_file is not None
+        else Path(os.environ.get("NETRC") or Path.home() / ".netrc")
+    )
     if not path.is_file():
         return None, None, path
     try:

@@ -44,7 +44,9 @@ class XnatGatewayError(CbctQaError):
         error was raised before sending anything).
     """
 
-    def __init__(self, message: str, *, status: int | None = None, uri: str = "", attempts: int = 0) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, uri: str = "", attempts: int = 0
+    ) -> None:
         super().__init__(message)
         self.status = status
         self.uri = uri

@@ -75,9 +75,15 @@ def assessment_label(session_label: str, scan_id: str, model_version: str) -> st
     >>> assessment_label("CBCT 01", "3", "1.2.0")
     'CBCT_01_cbctqa_3_1_2_0'
     """
-    for name, value in (("session_label", session_label), ("scan_id", scan_id), ("model_version", model_version)):
+    for name, value in (
+        ("session_label", session_label),
+        ("scan_id", scan_id),
+        ("model_version", model_version),
+    ):
         if not value:
-            raise XnatValidationError(f"assessment_label: {name} is empty; expected a non-empty string")
+            raise XnatValidationError(
+                f"assessment_label: {name} is empty; expected a non-empty string"
+            )
     return safe_label_part(f"{session_label}_cbctqa_{scan_id}_{model_version}")
 
 
@@ -113,7 +119,9 @@ def parse_xnat_datetime(text: str, *, what: str) -> _dt.datetime | None:
             return _dt.datetime.strptime(text, fmt)
         except ValueError:
             continue
-    raise XnatResponseFormatError(f"{what}: cannot parse XNAT timestamp {text!r}; expected 'YYYY-MM-DD HH:MM:SS[.fff]'")
+    raise XnatResponseFormatError(
+        f"{what}: cannot parse XNAT timestamp {text!r}; expected 'YYYY-MM-DD HH:MM:SS[.fff]'"
+    )
 
 
 def _parse_date(text: str, *, what: str) -> _dt.date | None:
@@ -156,7 +164,9 @@ class SessionRef:
     def __post_init__(self) -> None:
         for name in ("project", "session_id", "label"):
             if not getattr(self, name):
-                raise XnatValidationError(f"SessionRef.{name} is empty; expected the XNAT {name.replace('_', ' ')}")
+                raise XnatValidationError(
+                    f"SessionRef.{name} is empty; expected the XNAT {name.replace('_', ' ')}"
+                )
 
 
 @dataclass(frozen=True)
@@ -218,9 +228,13 @@ class CategoryAssessment:
         for name in ("score", "ae", "ae_per_voxel"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
-                raise XnatValidationError(f"CategoryAssessment.{name} must be a float; got {type(value).__name__}")
+                raise XnatValidationError(
+                    f"CategoryAssessment.{name} must be a float; got {type(value).__name__}"
+                )
             if math.isinf(value):
-                raise XnatValidationError(f"CategoryAssessment.{name} is infinite; expected a finite float or NaN")
+                raise XnatValidationError(
+                    f"CategoryAssessment.{name} is infinite; expected a finite float or NaN"
+                )
             object.__setattr__(self, name, float(value))
         if len(self.outlier_reason) > _OUTLIER_REASON_MAX:
             raise XnatValidationError(
@@ -290,18 +304,26 @@ class AssessmentRecord:
 
     def __post_init__(self) -> None:
         if self.status not in _STATUSES:
-            raise XnatValidationError(f"AssessmentRecord.status is {self.status!r}; expected one of {', '.join(_STATUSES)}")
+            raise XnatValidationError(
+                f"AssessmentRecord.status is {self.status!r}; expected one of {', '.join(_STATUSES)}"
+            )
         if not self.scan_id:
-            raise XnatValidationError("AssessmentRecord.scan_id is empty; expected the scored scan's ID")
+            raise XnatValidationError(
+                "AssessmentRecord.scan_id is empty; expected the scored scan's ID"
+            )
         if not self.model_version:
-            raise XnatValidationError("AssessmentRecord.model_version is empty; expected the model version")
+            raise XnatValidationError(
+                "AssessmentRecord.model_version is empty; expected the model version"
+            )
         if len(self.failure_reason) > _FAILURE_REASON_MAX:
             raise XnatValidationError(
                 f"AssessmentRecord.failure_reason has {len(self.failure_reason)} characters; "
                 f"the schema allows at most {_FAILURE_REASON_MAX}"
             )
         if self.status == "failed" and not self.failure_reason:
-            raise XnatValidationError("AssessmentRecord.status is 'failed' but failure_reason is empty; say why it failed")
+            raise XnatValidationError(
+                "AssessmentRecord.status is 'failed' but failure_reason is empty; say why it failed"
+            )
         unknown = sorted(set(self.categories) - set(CATEGORIES))
         if unknown:
             raise XnatValidationError(
@@ -320,7 +342,9 @@ class AssessmentRecord:
                     f"AssessmentRecord.categories[{name!r}] is a {type(cat).__name__}; expected CategoryAssessment"
                 )
         if self.slices is not None and (isinstance(self.slices, bool) or self.slices < 1):
-            raise XnatValidationError(f"AssessmentRecord.slices is {self.slices!r}; expected a positive integer")
+            raise XnatValidationError(
+                f"AssessmentRecord.slices is {self.slices!r}; expected a positive integer"
+            )
         if self.spacing is not None:
             if len(self.spacing) != 3 or not all(math.isfinite(s) and s > 0 for s in self.spacing):
                 raise XnatValidationError(
@@ -331,18 +355,26 @@ class AssessmentRecord:
             raise XnatValidationError(
                 f"AssessmentRecord.model_sha256 is {self.model_sha256!r}; expected 64 lower-case hex digits"
             )
-        if self.duration_s is not None and not (math.isfinite(self.duration_s) and self.duration_s >= 0):
+        if self.duration_s is not None and not (
+            math.isfinite(self.duration_s) and self.duration_s >= 0
+        ):
             raise XnatValidationError(
                 f"AssessmentRecord.duration_s is {self.duration_s!r}; expected a non-negative number of seconds"
             )
-        object.__setattr__(self, "categories", {c: self.categories[c] for c in CATEGORIES if c in self.categories})
+        object.__setattr__(
+            self, "categories", {c: self.categories[c] for c in CATEGORIES if c in self.categories}
+        )
 
     def to_xnat_fields(self) -> dict[str, str]:
         """Every schema field as the string XNAT stores (``NULL`` deletes an absent one).
 
         Keys are bare field names (``parotid_score``); the gateway prefixes the xsi:type.
         """
-        spacing: tuple[float | None, float | None, float | None] = self.spacing or (None, None, None)
+        spacing: tuple[float | None, float | None, float | None] = self.spacing or (
+            None,
+            None,
+            None,
+        )
         out = {
             "status": self.status,
             "failure_reason": _str_field(self.failure_reason),
@@ -365,7 +397,9 @@ class AssessmentRecord:
             out[f"{cat}_score"] = _float_field(None if res is None else res.score)
             out[f"{cat}_ae"] = _float_field(None if res is None else res.ae)
             out[f"{cat}_ae_per_voxel"] = _float_field(None if res is None else res.ae_per_voxel)
-            out[f"{cat}_outlier"] = NULL if res is None or res.outlier is None else ("true" if res.outlier else "false")
+            out[f"{cat}_outlier"] = (
+                NULL if res is None or res.outlier is None else ("true" if res.outlier else "false")
+            )
             out[f"{cat}_outlier_reason"] = NULL if res is None else _str_field(res.outlier_reason)
         return out
 
@@ -378,7 +412,9 @@ class AssessmentRecord:
             "package_version", "duration_s",
         )  # fmt: skip
         per_cat = tuple(
-            f"{c}_{s}" for c in CATEGORIES for s in ("score", "ae", "ae_per_voxel", "outlier", "outlier_reason")
+            f"{c}_{s}"
+            for c in CATEGORIES
+            for s in ("score", "ae", "ae_per_voxel", "outlier", "outlier_reason")
         )
         return fixed + per_cat
 
@@ -394,6 +430,7 @@ class AssessmentRecord:
             A value does not parse, or the stored fields violate the record's rules;
             ``what`` (for example the assessor label) names the assessor.
         """
+
         def text(name: str) -> str:
             return str(fields.get(name, "") or "").strip()
 
@@ -404,7 +441,9 @@ class AssessmentRecord:
             try:
                 return float(raw)
             except ValueError as exc:
-                raise XnatResponseFormatError(f"{what}: field {name}={raw!r} is not a number") from exc
+                raise XnatResponseFormatError(
+                    f"{what}: field {name}={raw!r} is not a number"
+                ) from exc
 
         def opt_num(name: str) -> float | None:
             value = num(name)
@@ -435,7 +474,11 @@ class AssessmentRecord:
         spacing_parts = [opt_num(f"spacing_{a}") for a in "zyx"]
         spacing = None
         if all(s is not None for s in spacing_parts):
-            spacing = (float(spacing_parts[0] or 0), float(spacing_parts[1] or 0), float(spacing_parts[2] or 0))
+            spacing = (
+                float(spacing_parts[0] or 0),
+                float(spacing_parts[1] or 0),
+                float(spacing_parts[2] or 0),
+            )
         slices_f = opt_num("slices")
         try:
             return cls(
@@ -455,7 +498,9 @@ class AssessmentRecord:
                 categories=categories,
             )
         except XnatValidationError as exc:
-            raise XnatResponseFormatError(f"{what}: stored assessment is inconsistent: {exc}") from exc
+            raise XnatResponseFormatError(
+                f"{what}: stored assessment is inconsistent: {exc}"
+            ) from exc
 
 
 @dataclass(frozen=True)
@@ -568,7 +613,9 @@ class RatingRecord:
         return ("rater", "scan_id", *CATEGORIES, "comments")
 
     @classmethod
-    def from_row(cls, ident: Mapping[str, str], fields: Mapping[str, str], *, what: str) -> RatingRecord:
+    def from_row(
+        cls, ident: Mapping[str, str], fields: Mapping[str, str], *, what: str
+    ) -> RatingRecord:
         """Build from identity columns (``ID``, ``label``, ...) and bare schema fields."""
         scores: dict[str, int] = {}
         for cat in CATEGORIES:
@@ -578,9 +625,13 @@ class RatingRecord:
             try:
                 value = int(float(raw))
             except ValueError as exc:
-                raise XnatResponseFormatError(f"{what}: field {cat}={raw!r} is not an integer Likert score") from exc
+                raise XnatResponseFormatError(
+                    f"{what}: field {cat}={raw!r} is not an integer Likert score"
+                ) from exc
             if not LIKERT_MIN <= value <= LIKERT_MAX or float(raw) != value:
-                raise XnatResponseFormatError(f"{what}: field {cat}={raw!r} is outside the Likert scale 1..5")
+                raise XnatResponseFormatError(
+                    f"{what}: field {cat}={raw!r} is outside the Likert scale 1..5"
+                )
             scores[cat] = value
         return cls(
             assessor_id=ident.get("ID", ""),

@@ -60,14 +60,18 @@ class RetryPolicy:
                 f"RetryPolicy.max_backoff is {self.max_backoff!r}; expected seconds >= backoff ({self.backoff})"
             )
         if not 0.0 <= self.jitter <= 1.0:
-            raise ValueError(f"RetryPolicy.jitter is {self.jitter!r}; expected a fraction in [0, 1]")
+            raise ValueError(
+                f"RetryPolicy.jitter is {self.jitter!r}; expected a fraction in [0, 1]"
+            )
 
     @property
     def max_attempts(self) -> int:
         """Total attempts allowed for one call (first try plus retries)."""
         return self.retries + 1
 
-    def delay(self, retry_index: int, rng: random.Random, retry_after: float | None = None) -> float:
+    def delay(
+        self, retry_index: int, rng: random.Random, retry_after: float | None = None
+    ) -> float:
         """Seconds to wait before retry ``retry_index`` (0-based).
 
         Parameters

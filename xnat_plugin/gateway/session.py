@@ -137,7 +137,9 @@ class RequestCounts:
 class _Answer:
     """Status, headers and body text of an HTTP answer (from a response or an xnatpy error)."""
 
-    def __init__(self, status: int, text: str, headers: Mapping[str, str], response: requests.Response | None):
+    def __init__(
+        self, status: int, text: str, headers: Mapping[str, str], response: requests.Response | None
+    ):
         self.status = status
         self.text = text
         self.headers = headers
@@ -268,13 +270,19 @@ class XnatGateway:
         if not (isinstance(timeout, int | float) and timeout > 0):
             raise XnatConfigurationError(f"timeout is {timeout!r}; expected seconds > 0")
         try:
-            policy = RetryPolicy(retries=retries, backoff=backoff, max_backoff=max_backoff, jitter=jitter)
+            policy = RetryPolicy(
+                retries=retries, backoff=backoff, max_backoff=max_backoff, jitter=jitter
+            )
         except ValueError as exc:
             raise XnatConfigurationError(str(exc)) from exc
         credentials = resolve_credentials(host, user, password, netrc_file=netrc_file)
         rng = random.Random(seed)
-        session = _open_session(credentials, policy=policy, timeout=float(timeout), parse_model=parse_model, rng=rng)
-        gw = cls(session, credentials, project=project, policy=policy, timeout=float(timeout), rng=rng)
+        session = _open_session(
+            credentials, policy=policy, timeout=float(timeout), parse_model=parse_model, rng=rng
+        )
+        gw = cls(
+            session, credentials, project=project, policy=policy, timeout=float(timeout), rng=rng
+        )
         logger.info("connected to XNAT at %s as %s", credentials.host, credentials.user)
         return gw
 
@@ -282,7 +290,10 @@ class XnatGateway:
         return self
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
     ) -> None:
         self.close()
 
@@ -294,8 +305,11 @@ class XnatGateway:
         try:
             session.disconnect()
         except Exception as exc:  # the server may be gone; still release everything locally
-            logger.warning("XNAT at %s: ending the session failed (%s); closed locally", self._host,
-                           _excerpt(str(exc), 200))
+            logger.warning(
+                "XNAT at %s: ending the session failed (%s); closed locally",
+                self._host,
+                _excerpt(str(exc), 200),
+            )
             xnat.session.BaseXNATSession.disconnect(session)
 
     @property
@@ -376,12 +390,17 @@ class XnatGateway:
             attempt += 1
             try:
                 answer = self._send(session, method, path, query=query, data=data, headers=headers)
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            except (
+                requests.ConnectionError,
+                requests.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+            ) as exc:
                 if isinstance(exc, requests.exceptions.SSLError):
                     raise XnatConnectionError(
                         f"{method} {path} for {what}: TLS failure talking to {self._host} "
                         f"({type(exc).__name__}); check the host URL scheme and certificates",
-                        uri=path, attempts=attempt,
+                        uri=path,
+                        attempts=attempt,
                     ) from exc
                 if attempt < self._policy.max_attempts:
                     self._backoff(attempt, method, path, what, f"{type(exc).__name__}", None)
@@ -389,18 +408,28 @@ class XnatGateway:
                 raise XnatConnectionError(
                     f"{method} {path} for {what}: no answer from XNAT at {self._host} after {attempt} attempt(s) "
                     f"({type(exc).__name__}); check that XNAT is running and reachable",
-                    uri=path, attempts=attempt,
+                    uri=path,
+                    attempts=attempt,
                 ) from exc
             if answer.status in accepted:
                 if answer.response is None or answer.text.startswith(("<!DOCTYPE", "<html>")):
                     raise XnatResponseFormatError(
                         f"{method} {path} for {what}: XNAT answered {answer.status} with an HTML page instead of "
                         f"data ({_excerpt(answer.text, 120)}); check that the host URL points at XNAT's REST root",
-                        status=answer.status, uri=path, attempts=attempt,
+                        status=answer.status,
+                        uri=path,
+                        attempts=attempt,
                     )
                 return answer.response
             if is_retryable_status(answer.status) and attempt < self._policy.max_attempts:
-                self._backoff(attempt, method, path, what, f"HTTP {answer.status}", _retry_after(answer.headers))
+                self._backoff(
+                    attempt,
+                    method,
+                    path,
+                    what,
+                    f"HTTP {answer.status}",
+                    _retry_after(answer.headers),
+                )
                 continue
             raise self._status_error(method, path, what, answer, attempt)
 
@@ -420,16 +449,31 @@ class XnatGateway:
         try:
             try:
                 if method == "GET":
-                    resp = session.get(path, query=q, accepted_status=_ANY_STATUS, timeout=self._timeout, headers=h)
+                    resp = session.get(
+                        path, query=q, accepted_status=_ANY_STATUS, timeout=self._timeout, headers=h
+                    )
                 elif method == "PUT":
-                    resp = session.put(path, data=body, query=q, accepted_status=_ANY_STATUS,
-                                       timeout=self._timeout, headers=h)
+                    resp = session.put(
+                        path,
+                        data=body,
+                        query=q,
+                        accepted_status=_ANY_STATUS,
+                        timeout=self._timeout,
+                        headers=h,
+                    )
                 elif method == "POST":
-                    resp = session.post(path, data=body, query=q, accepted_status=_ANY_STATUS,
-                                        timeout=self._timeout, headers=h)
+                    resp = session.post(
+                        path,
+                        data=body,
+                        query=q,
+                        accepted_status=_ANY_STATUS,
+                        timeout=self._timeout,
+                        headers=h,
+                    )
                 elif method == "DELETE":
-                    resp = session.delete(path, query=q, accepted_status=_ANY_STATUS, timeout=self._timeout,
-                                          headers=h)
+                    resp = session.delete(
+                        path, query=q, accepted_status=_ANY_STATUS, timeout=self._timeout, headers=h
+                    )
                 else:  # pragma: no cover - internal misuse
                     raise ValueError(f"unsupported HTTP method {method}")
             except xnat.exceptions.XNATResponseError as exc:
@@ -443,30 +487,53 @@ class XnatGateway:
                 close()
         return _Answer(resp.status_code, resp.text, resp.headers, resp)
 
-    def _backoff(self, attempt: int, method: str, path: str, what: str, cause: str, retry_after: float | None) -> None:
+    def _backoff(
+        self, attempt: int, method: str, path: str, what: str, cause: str, retry_after: float | None
+    ) -> None:
         wait = self._policy.delay(attempt - 1, self._rng, retry_after)
-        logger.warning("XNAT %s %s (%s) failed with %s; retry %d of %d in %.2f s", method, path, what, cause,
-                       attempt, self._policy.retries, wait)
+        logger.warning(
+            "XNAT %s %s (%s) failed with %s; retry %d of %d in %.2f s",
+            method,
+            path,
+            what,
+            cause,
+            attempt,
+            self._policy.retries,
+            wait,
+        )
         self._sleep(wait)
 
-    def _status_error(self, method: str, path: str, what: str, answer: _Answer, attempts: int) -> XnatGatewayError:
+    def _status_error(
+        self, method: str, path: str, what: str, answer: _Answer, attempts: int
+    ) -> XnatGatewayError:
         status = answer.status
         said = _excerpt(answer.text) or "(empty body)"
-        head = f"{method} {path} for {what}: XNAT answered HTTP {status} after {attempts} attempt(s)"
+        head = (
+            f"{method} {path} for {what}: XNAT answered HTTP {status} after {attempts} attempt(s)"
+        )
         cls: type[XnatGatewayError]
         if status == 401:
-            cls, fix = XnatAuthenticationError, (
-                f"the session of user {self._user!r} is not (or no longer) authenticated; reconnect, and check "
-                "XNAT_USER/XNAT_PASS or the ~/.netrc entry"
+            cls, fix = (
+                XnatAuthenticationError,
+                (
+                    f"the session of user {self._user!r} is not (or no longer) authenticated; reconnect, and check "
+                    "XNAT_USER/XNAT_PASS or the ~/.netrc entry"
+                ),
             )
         elif status == 403:
-            cls, fix = XnatPermissionError, (
-                f"user {self._user!r} lacks the access this needs; ask a project owner for the Members or Owners role"
+            cls, fix = (
+                XnatPermissionError,
+                (
+                    f"user {self._user!r} lacks the access this needs; ask a project owner for the Members or Owners role"
+                ),
             )
         elif status == 404:
             cls, fix = XnatNotFoundError, "check that the project, session, scan or assessor exists"
         elif status == 409:
-            cls, fix = XnatConflictError, "the stored object conflicts with this write; inspect it in XNAT"
+            cls, fix = (
+                XnatConflictError,
+                "the stored object conflicts with this write; inspect it in XNAT",
+            )
         elif 400 <= status < 500:
             cls, fix = XnatRequestError, "XNAT refused the request as invalid; this is not retried"
         elif 500 <= status < 600:
@@ -484,7 +551,9 @@ class XnatGateway:
         except ValueError as exc:
             raise XnatResponseFormatError(
                 f"GET {path} for {what}: XNAT answered 200 but not JSON ({_excerpt(resp.text, 120)})",
-                status=resp.status_code, uri=path, attempts=1,
+                status=resp.status_code,
+                uri=path,
+                attempts=1,
             ) from exc
 
     def _listing(self, path: str, *, what: str, query: Mapping[str, str]) -> list[dict[str, str]]:
@@ -499,7 +568,9 @@ class XnatGateway:
                 uri=path,
             ) from exc
         if not isinstance(rows, list) or not all(isinstance(r, dict) for r in rows):
-            raise XnatResponseFormatError(f"GET {path} for {what}: ResultSet.Result is not a list of rows", uri=path)
+            raise XnatResponseFormatError(
+                f"GET {path} for {what}: ResultSet.Result is not a list of rows", uri=path
+            )
         return [_lower_keys(r) for r in rows]
 
     # ------------------------------------------------------------------ discovery
@@ -512,10 +583,14 @@ class XnatGateway:
             )
         return chosen
 
-    def _session_rows(self, project: str, xsi_type: str, extra: Mapping[str, str] | None = None) -> list[SessionRef]:
+    def _session_rows(
+        self, project: str, xsi_type: str, extra: Mapping[str, str] | None = None
+    ) -> list[SessionRef]:
         query = {"xsiType": xsi_type, "project": project, "columns": ",".join(_SESSION_COLUMNS)}
         query.update(extra or {})
-        rows = self._listing("/data/experiments", what=f"{xsi_type} sessions of project {project}", query=query)
+        rows = self._listing(
+            "/data/experiments", what=f"{xsi_type} sessions of project {project}", query=query
+        )
         refs = []
         for row in rows:
             if row.get("xsitype") and row["xsitype"].lower() != xsi_type.lower():
@@ -531,19 +606,27 @@ class XnatGateway:
                     session_id=row.get("id", ""),
                     label=row.get("label", ""),
                     uri=row.get("uri") or f"/data/experiments/{row.get('id', '')}",
-                    insert_date=parse_xnat_datetime(row.get("insert_date", ""), what=f"{what} insert_date"),
-                    last_modified=parse_xnat_datetime(row.get("last_modified", ""), what=f"{what} last_modified"),
+                    insert_date=parse_xnat_datetime(
+                        row.get("insert_date", ""), what=f"{what} insert_date"
+                    ),
+                    last_modified=parse_xnat_datetime(
+                        row.get("last_modified", ""), what=f"{what} last_modified"
+                    ),
                 )
             )
         return refs
 
-    def list_sessions(self, project: str | None = None, *, modality: str = "CT") -> list[SessionRef]:
+    def list_sessions(
+        self, project: str | None = None, *, modality: str = "CT"
+    ) -> list[SessionRef]:
         """All image sessions of ``modality`` in the project, oldest first; one request."""
         project = self._project_or_default(project)
         refs = self._session_rows(project, _modality_xsi(modality))
         return sorted(refs, key=_session_order)
 
-    def get_session(self, label: str, project: str | None = None, *, modality: str = "CT") -> SessionRef:
+    def get_session(
+        self, label: str, project: str | None = None, *, modality: str = "CT"
+    ) -> SessionRef:
         """The session with this label (or accession ID) in the project; one request.
 
         Raises
@@ -558,7 +641,9 @@ class XnatGateway:
                 return ref
         raise XnatNotFoundError(
             f"no {_modality_xsi(modality)} session with label or ID {label!r} in project {project}; "
-            "check the label and the project", status=None, uri="/data/experiments",
+            "check the label and the project",
+            status=None,
+            uri="/data/experiments",
         )
 
     def find_sessions_to_score(
@@ -582,7 +667,9 @@ class XnatGateway:
             ``"CT"`` (CBCT is archived as ``xnat:ctSessionData``) or an explicit xsi:type.
         """
         if not model_version:
-            raise XnatValidationError("find_sessions_to_score: model_version is empty; expected the model version")
+            raise XnatValidationError(
+                "find_sessions_to_score: model_version is empty; expected the model version"
+            )
         project = self._project_or_default(project)
         sessions = self._session_rows(project, _modality_xsi(modality))
         prefix = ASSESSMENT_XSI_TYPE.lower()
@@ -591,7 +678,11 @@ class XnatGateway:
         rows = self._listing(
             "/data/experiments",
             what=f"{ASSESSMENT_XSI_TYPE} of project {project}",
-            query={"xsiType": ASSESSMENT_XSI_TYPE, "project": project, "columns": ",".join(columns)},
+            query={
+                "xsiType": ASSESSMENT_XSI_TYPE,
+                "project": project,
+                "columns": ",".join(columns),
+            },
         )
         done: set[str] = set()
         for row in rows:
@@ -602,8 +693,14 @@ class XnatGateway:
             if status == "complete" and version == model_version:
                 done.add(row.get("session_id", ""))
         todo = [ref for ref in sessions if ref.session_id not in done]
-        logger.info("project %s: %d of %d %s sessions need scoring by model %s", project, len(todo), len(sessions),
-                    modality, model_version)
+        logger.info(
+            "project %s: %d of %d %s sessions need scoring by model %s",
+            project,
+            len(todo),
+            len(sessions),
+            modality,
+            model_version,
+        )
         return sorted(todo, key=_session_order)
 
     # ------------------------------------------------------------------ scans and downloads
@@ -618,7 +715,8 @@ class XnatGateway:
             children = items[0].get("children", [])
         except (KeyError, TypeError, IndexError) as exc:
             raise XnatResponseFormatError(
-                f"GET {path} for {what}: expected an XNAT item document {{'items': [...]}}", uri=path
+                f"GET {path} for {what}: expected an XNAT item document {{'items': [...]}}",
+                uri=path,
             ) from exc
         scans: list[ScanRef] = []
         for child in children:
@@ -632,7 +730,8 @@ class XnatGateway:
                     frames = int(float(frames_raw)) if frames_raw else None
                 except ValueError as exc:
                     raise XnatResponseFormatError(
-                        f"{what}: scan {fields.get('ID')!r} has frames={frames_raw!r}, not a number", uri=path
+                        f"{what}: scan {fields.get('ID')!r} has frames={frames_raw!r}, not a number",
+                        uri=path,
                     ) from exc
                 scans.append(
                     ScanRef(
@@ -664,15 +763,19 @@ class XnatGateway:
                     return scan
             raise XnatScanSelectionError(
                 f"session {session.label} ({session.session_id}) has no scan {scan_id!r}; it has "
-                f"{[s.scan_id for s in scans]}", uri=session.uri,
+                f"{[s.scan_id for s in scans]}",
+                uri=session.uri,
             )
         ct = [s for s in scans if s.xsi_type.lower() == "xnat:ctscandata"]
         if not ct:
             raise XnatScanSelectionError(
                 f"session {session.label} ({session.session_id}) has no CT scan (xnat:ctScanData); scans: "
-                f"{[(s.scan_id, s.xsi_type) for s in scans]}. Pass scan_id=... to choose one", uri=session.uri,
+                f"{[(s.scan_id, s.xsi_type) for s in scans]}. Pass scan_id=... to choose one",
+                uri=session.uri,
             )
-        best = max(range(len(ct)), key=lambda i: (ct[i].frames if ct[i].frames is not None else -1, -i))
+        best = max(
+            range(len(ct)), key=lambda i: (ct[i].frames if ct[i].frames is not None else -1, -i)
+        )
         return ct[best]
 
     def download_scan(
@@ -716,7 +819,9 @@ class XnatGateway:
             out.mkdir()
             n_files = _extract_flat(zip_path, out, what=what)
             if n_files == 0:
-                raise XnatNotFoundError(f"{what}: resource {resource} holds no files", status=200, uri=path)
+                raise XnatNotFoundError(
+                    f"{what}: resource {resource} holds no files", status=200, uri=path
+                )
             if final.exists():
                 shutil.rmtree(final)
             out.rename(final)
@@ -736,22 +841,32 @@ class XnatGateway:
             attempt += 1
             try:
                 with open(target, "wb") as fh:
-                    session.download_stream(path, fh, format=fmt, verbose=False, timeout=self._timeout)
+                    session.download_stream(
+                        path, fh, format=fmt, verbose=False, timeout=self._timeout
+                    )
                 return
             except xnat.exceptions.XNATResponseError as exc:
                 answer = _Answer(int(exc.status_code), str(exc.text or ""), {}, None)
-            except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+            except (
+                requests.ConnectionError,
+                requests.Timeout,
+                requests.exceptions.ChunkedEncodingError,
+            ) as exc:
                 if attempt < self._policy.max_attempts:
                     self._backoff(attempt, "GET", path, what, type(exc).__name__, None)
                     continue
                 raise XnatConnectionError(
                     f"GET {path} for {what}: download failed after {attempt} attempt(s) ({type(exc).__name__}); "
-                    f"check that XNAT at {self._host} is running and reachable", uri=path, attempts=attempt,
+                    f"check that XNAT at {self._host} is running and reachable",
+                    uri=path,
+                    attempts=attempt,
                 ) from exc
             except ValueError as exc:  # xnatpy: an HTML page instead of the file
                 raise XnatResponseFormatError(
                     f"GET {path} for {what}: XNAT answered with an HTML page instead of a zip; check the host URL",
-                    status=200, uri=path, attempts=attempt,
+                    status=200,
+                    uri=path,
+                    attempts=attempt,
                 ) from exc
             if is_retryable_status(answer.status) and attempt < self._policy.max_attempts:
                 self._backoff(attempt, "GET", path, what, f"HTTP {answer.status}", None)
@@ -785,7 +900,13 @@ class XnatGateway:
         return f"/data/experiments/{quote(session.session_id, safe='')}/assessors"
 
     def _put_fields(
-        self, session: SessionRef, label: str, xsi_type: str, fields: Mapping[str, str], *, what: str
+        self,
+        session: SessionRef,
+        label: str,
+        xsi_type: str,
+        fields: Mapping[str, str],
+        *,
+        what: str,
     ) -> str:
         """PUT an assessor by label with query-string fields; return its accession ID.
 
@@ -812,7 +933,9 @@ class XnatGateway:
             query.update({f"{xsi_type}/{k}": v for k, v in chunk})
             if final_status is not None:
                 last = index == len(chunks) - 1
-                query[f"{xsi_type}/status"] = final_status if last or final_status != "complete" else "running"
+                query[f"{xsi_type}/status"] = (
+                    final_status if last or final_status != "complete" else "running"
+                )
             resp = self._put_by_label(path, query, what=what)
             body = resp.text.strip()
             if body and _ID_LIKE.fullmatch(body) and body != label:
@@ -835,7 +958,9 @@ class XnatGateway:
             except XnatConflictError:
                 if conflict == 2:
                     raise
-                logger.info("%s: PUT by label met a concurrent create (409); sending it again", what)
+                logger.info(
+                    "%s: PUT by label met a concurrent create (409); sending it again", what
+                )
                 self._sleep(self._policy.delay(0, self._rng))
         raise AssertionError("unreachable")  # pragma: no cover
 
@@ -845,9 +970,13 @@ class XnatGateway:
             items = [i for i in payload["items"] if not i.get("meta", {}).get("isHistory", False)]
             return str(items[0]["data_fields"]["ID"])
         except (KeyError, TypeError, IndexError) as exc:
-            raise XnatResponseFormatError(f"GET {path} for {what}: no assessor ID in the answer", uri=path) from exc
+            raise XnatResponseFormatError(
+                f"GET {path} for {what}: no assessor ID in the answer", uri=path
+            ) from exc
 
-    def _reconcile(self, session: SessionRef, label: str, xsi_type: str, accession: str, *, what: str) -> str:
+    def _reconcile(
+        self, session: SessionRef, label: str, xsi_type: str, accession: str, *, what: str
+    ) -> str:
         """Make sure exactly one assessor of ``xsi_type`` carries ``label`` in the session.
 
         A server that creates two assessors when two writers PUT the same new label at the
@@ -856,24 +985,41 @@ class XnatGateway:
         DELETE per duplicate).
         """
         path = self._assessors_path(session)
-        rows = self._listing(path, what=f"assessors of session {session.label}",
-                             query={"columns": "ID,label,xsiType,URI"})
+        rows = self._listing(
+            path,
+            what=f"assessors of session {session.label}",
+            query={"columns": "ID,label,xsiType,URI"},
+        )
         same = sorted(
-            (r["id"] for r in rows if r.get("label") == label
-             and (not r.get("xsitype") or r["xsitype"].lower() == xsi_type.lower())),
+            (
+                r["id"]
+                for r in rows
+                if r.get("label") == label
+                and (not r.get("xsitype") or r["xsitype"].lower() == xsi_type.lower())
+            ),
             key=_id_sort_key,
         )
         if not same:
             raise XnatResponseFormatError(
                 f"{what}: assessor {label} ({accession}) was written but is not listed under session "
-                f"{session.label}; check the XNAT server", uri=path,
+                f"{session.label}; check the XNAT server",
+                uri=path,
             )
         keep = same[0]
         for extra in same[1:]:
-            logger.warning("%s: duplicate assessor %s with label %s found; deleting it, keeping %s", what, extra,
-                           label, keep)
+            logger.warning(
+                "%s: duplicate assessor %s with label %s found; deleting it, keeping %s",
+                what,
+                extra,
+                label,
+                keep,
+            )
             try:
-                self._request("DELETE", f"{path}/{quote(extra, safe='')}", what=f"duplicate assessor {extra} of {label}")
+                self._request(
+                    "DELETE",
+                    f"{path}/{quote(extra, safe='')}",
+                    what=f"duplicate assessor {extra} of {label}",
+                )
             except XnatNotFoundError:
                 pass  # another writer removed it first
         return keep
@@ -930,21 +1076,35 @@ class XnatGateway:
         with self._label_lock(session.session_id, label):
             if files:
                 first = dict(fields)
-                first["status"] = record.status if record.status in ("queued", "running") else "running"
+                first["status"] = (
+                    record.status if record.status in ("queued", "running") else "running"
+                )
                 accession = self._put_fields(session, label, ASSESSMENT_XSI_TYPE, first, what=what)
-                accession = self._reconcile(session, label, ASSESSMENT_XSI_TYPE, accession, what=what)
+                accession = self._reconcile(
+                    session, label, ASSESSMENT_XSI_TYPE, accession, what=what
+                )
                 for res_label, paths in files.items():
                     self._upload_resource(session, accession, res_label, paths, what=what)
                 if first["status"] != record.status:
-                    self._put_fields(session, label, ASSESSMENT_XSI_TYPE, {"status": record.status}, what=what)
+                    self._put_fields(
+                        session, label, ASSESSMENT_XSI_TYPE, {"status": record.status}, what=what
+                    )
             else:
                 accession = self._put_fields(session, label, ASSESSMENT_XSI_TYPE, fields, what=what)
-                accession = self._reconcile(session, label, ASSESSMENT_XSI_TYPE, accession, what=what)
+                accession = self._reconcile(
+                    session, label, ASSESSMENT_XSI_TYPE, accession, what=what
+                )
         logger.info("wrote %s as %s (status %s)", what, accession, record.status)
         return accession
 
     def _upload_resource(
-        self, session: SessionRef, accession: str, res_label: str, paths: Sequence[Path], *, what: str
+        self,
+        session: SessionRef,
+        accession: str,
+        res_label: str,
+        paths: Sequence[Path],
+        *,
+        what: str,
     ) -> None:
         base = (f"{self._assessors_path(session)}/{quote(accession, safe='')}"
                 f"/resources/{quote(res_label, safe='')}/files")  # fmt: skip
@@ -968,22 +1128,33 @@ class XnatGateway:
         for name, digest in digests.items():
             if name not in listed:
                 raise XnatResponseFormatError(
-                    f"{what}: resource {res_label} file {name} was uploaded but XNAT does not list it", uri=base
+                    f"{what}: resource {res_label} file {name} was uploaded but XNAT does not list it",
+                    uri=base,
                 )
             if listed[name] and listed[name] != digest:
                 # Not an error: a concurrent writer of this same assessment may have replaced the
                 # file after us (last write wins, as for the fields).
-                logger.warning("%s: resource %s file %s has MD5 %s in XNAT but %s locally; another writer of "
-                               "this assessment replaced it (last write wins)", what, res_label, name,
-                               listed[name], digest)
+                logger.warning(
+                    "%s: resource %s file %s has MD5 %s in XNAT but %s locally; another writer of "
+                    "this assessment replaced it (last write wins)",
+                    what,
+                    res_label,
+                    name,
+                    listed[name],
+                    digest,
+                )
         for stale in sorted(set(listed) - set(digests)):
             logger.info("%s: deleting stale file %s from resource %s", what, stale, res_label)
             try:
-                self._request("DELETE", f"{base}/{quote(stale, safe='')}", what=f"{what}, stale file {stale}")
+                self._request(
+                    "DELETE", f"{base}/{quote(stale, safe='')}", what=f"{what}, stale file {stale}"
+                )
             except XnatNotFoundError:
                 pass  # removed concurrently
 
-    def mark_failed(self, session: SessionRef, scan_id: str, model_version: str, reason: str) -> str:
+    def mark_failed(
+        self, session: SessionRef, scan_id: str, model_version: str, reason: str
+    ) -> str:
         """Record that scoring ``scan_id`` with ``model_version`` failed, and why.
 
         Writes (by the same deterministic label as :meth:`write_assessment`) ``status=failed``,
@@ -1000,7 +1171,12 @@ class XnatGateway:
             text = text[:1997] + "..."
         label = assessment_label(session.label, scan_id, model_version)
         what = f"assessment {label} of session {session.label} ({session.session_id})"
-        fields = {"failure_reason": text, "scan_id": scan_id, "model_version": model_version, "status": "failed"}
+        fields = {
+            "failure_reason": text,
+            "scan_id": scan_id,
+            "model_version": model_version,
+            "status": "failed",
+        }
         with self._label_lock(session.session_id, label):
             accession = self._put_fields(session, label, ASSESSMENT_XSI_TYPE, fields, what=what)
             accession = self._reconcile(session, label, ASSESSMENT_XSI_TYPE, accession, what=what)
@@ -1056,7 +1232,9 @@ class XnatGateway:
             the session and the category.
         """
         if not rater:
-            raise XnatValidationError(f"rating of session {session.label!r}: rater is empty; expected an XNAT username")
+            raise XnatValidationError(
+                f"rating of session {session.label!r}: rater is empty; expected an XNAT username"
+            )
         clean = validate_scores(scores, session_label=session.label)
         if rater != self._user and not on_behalf_of:
             raise XnatValidationError(
@@ -1080,9 +1258,9 @@ class XnatGateway:
 
     # ------------------------------------------------------------------ bulk reads
 
-    def _assessor_listing(self, project: str, xsi_type: str, field_names: Sequence[str]) -> list[
-        tuple[dict[str, str], dict[str, str]]
-    ]:
+    def _assessor_listing(
+        self, project: str, xsi_type: str, field_names: Sequence[str]
+    ) -> list[tuple[dict[str, str], dict[str, str]]]:
         columns = [*_ASSESSOR_COLUMNS, *(f"{xsi_type}/{f}" for f in field_names)]
         rows = self._listing(
             "/data/experiments",
@@ -1108,8 +1286,12 @@ class XnatGateway:
         """
         project = self._project_or_default(project)
         out = []
-        for ident, fields in self._assessor_listing(project, ASSESSMENT_XSI_TYPE, AssessmentRecord.field_names()):
-            what = f"assessment {ident['label']} ({ident['ID']}) of session {ident['session_label']}"
+        for ident, fields in self._assessor_listing(
+            project, ASSESSMENT_XSI_TYPE, AssessmentRecord.field_names()
+        ):
+            what = (
+                f"assessment {ident['label']} ({ident['ID']}) of session {ident['session_label']}"
+            )
             out.append(
                 StoredAssessment(
                     assessor_id=ident["ID"],
@@ -1120,8 +1302,12 @@ class XnatGateway:
                     session_label=ident["session_label"],
                     subject_id=ident["subject_ID"],
                     subject=ident["subject_label"],
-                    insert_date=parse_xnat_datetime(ident["insert_date"], what=f"{what} insert_date"),
-                    last_modified=parse_xnat_datetime(ident["last_modified"], what=f"{what} last_modified"),
+                    insert_date=parse_xnat_datetime(
+                        ident["insert_date"], what=f"{what} insert_date"
+                    ),
+                    last_modified=parse_xnat_datetime(
+                        ident["last_modified"], what=f"{what} last_modified"
+                    ),
                     record=AssessmentRecord.from_xnat_fields(fields, what=what),
                 )
             )
@@ -1131,7 +1317,9 @@ class XnatGateway:
         """Every ``cbctqa:ratingData`` of the project; ONE request. Sorted by session, rater."""
         project = self._project_or_default(project)
         out = []
-        for ident, fields in self._assessor_listing(project, RATING_XSI_TYPE, RatingRecord.field_names()):
+        for ident, fields in self._assessor_listing(
+            project, RATING_XSI_TYPE, RatingRecord.field_names()
+        ):
             ident["project"] = ident["project"] or project
             what = f"rating {ident['label']} ({ident['ID']}) of session {ident['session_label']}"
             out.append(RatingRecord.from_row(ident, fields, what=what))
@@ -1165,20 +1353,28 @@ def _md5(path: Path) -> str:
     return digest.hexdigest()
 
 
-def _check_resources(resources: Mapping[str, Sequence[str | Path]], *, what: str) -> dict[str, list[Path]]:
+def _check_resources(
+    resources: Mapping[str, Sequence[str | Path]], *, what: str
+) -> dict[str, list[Path]]:
     out: dict[str, list[Path]] = {}
     for label, paths in resources.items():
         if not _RESOURCE_LABEL.fullmatch(label):
             raise XnatValidationError(f"{what}: resource label {label!r} must match [A-Za-z0-9_-]+")
         if isinstance(paths, str | Path):
-            raise XnatValidationError(f"{what}: resource {label} must map to a list of files, not one path")
+            raise XnatValidationError(
+                f"{what}: resource {label} must map to a list of files, not one path"
+            )
         files = [Path(p) for p in paths]
         if not files:
-            raise XnatValidationError(f"{what}: resource {label} has no files; omit it or give its files")
+            raise XnatValidationError(
+                f"{what}: resource {label} has no files; omit it or give its files"
+            )
         names: dict[str, Path] = {}
         for f in files:
             if not f.is_file():
-                raise XnatValidationError(f"{what}: resource {label} file {f} does not exist or is not a file")
+                raise XnatValidationError(
+                    f"{what}: resource {label} file {f} does not exist or is not a file"
+                )
             if f.name in names:
                 raise XnatValidationError(
                     f"{what}: resource {label} has two files named {f.name} ({names[f.name]} and {f}); "
@@ -1212,11 +1408,19 @@ def _extract_flat(zip_path: Path, out: Path, *, what: str) -> int:
                 count += 1
             return count
     except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
-        raise XnatResponseFormatError(f"{what}: XNAT's download is not a valid zip ({exc})") from exc
+        raise XnatResponseFormatError(
+            f"{what}: XNAT's download is not a valid zip ({exc})"
+        ) from exc
 
 
-def _open_session(credentials: Credentials, *, policy: RetryPolicy, timeout: float, parse_model: bool,
-                  rng: random.Random) -> Any:
+def _open_session(
+    credentials: Credentials,
+    *,
+    policy: RetryPolicy,
+    timeout: float,
+    parse_model: bool,
+    rng: random.Random,
+) -> Any:
     """Log in (own PUT /data/services/auth, retried) and open xnatpy on the JSESSION.
 
     The password goes only into the login request's form body; xnatpy never sees it.
@@ -1238,46 +1442,72 @@ def _open_session(credentials: Credentials, *, policy: RetryPolicy, timeout: flo
         except _Retryable as exc:
             if attempt < policy.max_attempts:
                 wait = policy.delay(attempt - 1, rng, exc.retry_after)
-                logger.warning("connecting to XNAT at %s failed (%s); retry %d of %d in %.2f s", credentials.host,
-                               exc.cause, attempt, policy.retries, wait)
+                logger.warning(
+                    "connecting to XNAT at %s failed (%s); retry %d of %d in %.2f s",
+                    credentials.host,
+                    exc.cause,
+                    attempt,
+                    policy.retries,
+                    wait,
+                )
                 time.sleep(wait)
                 continue
             if exc.status is None:
                 raise XnatConnectionError(
                     f"cannot connect to XNAT at {credentials.host} as {credentials.user!r} after {attempt} attempt(s) "
                     f"({exc.cause}); check that XNAT is running and the host URL is right",
-                    uri="/data/services/auth", attempts=attempt,
+                    uri="/data/services/auth",
+                    attempts=attempt,
                 ) from exc
             raise XnatServerError(
                 f"XNAT at {credentials.host} failed during login of {credentials.user!r} with HTTP {exc.status} "
                 f"after {attempt} attempt(s); retry later or check the XNAT server logs",
-                status=exc.status, uri="/data/services/auth", attempts=attempt,
+                status=exc.status,
+                uri="/data/services/auth",
+                attempts=attempt,
             ) from exc
-        except (requests.ConnectionError, requests.Timeout, xnat.exceptions.XNATConnectionError) as exc:
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            xnat.exceptions.XNATConnectionError,
+        ) as exc:
             if attempt < policy.max_attempts:
                 wait = policy.delay(attempt - 1, rng)
-                logger.warning("connecting to XNAT at %s failed (%s); retry %d of %d in %.2f s", credentials.host,
-                               type(exc).__name__, attempt, policy.retries, wait)
+                logger.warning(
+                    "connecting to XNAT at %s failed (%s); retry %d of %d in %.2f s",
+                    credentials.host,
+                    type(exc).__name__,
+                    attempt,
+                    policy.retries,
+                    wait,
+                )
                 time.sleep(wait)
                 continue
             raise XnatConnectionError(
                 f"cannot connect to XNAT at {credentials.host} after {attempt} attempt(s) ({type(exc).__name__}); "
-                "check that XNAT is running and the host URL is right", attempts=attempt,
+                "check that XNAT is running and the host URL is right",
+                attempts=attempt,
             ) from None
         except xnat.exceptions.XNATLoginFailedError as exc:
             raise XnatAuthenticationError(
                 f"XNAT at {credentials.host} did not accept the session of user {credentials.user!r}; check the "
-                "credentials (XNAT_USER/XNAT_PASS or ~/.netrc)", status=401, uri="/data/auth", attempts=attempt,
+                "credentials (XNAT_USER/XNAT_PASS or ~/.netrc)",
+                status=401,
+                uri="/data/auth",
+                attempts=attempt,
             ) from exc
         except xnat.exceptions.XNATError as exc:
             raise XnatResponseFormatError(
                 f"XNAT at {credentials.host}: xnatpy could not open a session for user {credentials.user!r}: "
-                f"{_excerpt(str(exc), 200)}", attempts=attempt,
+                f"{_excerpt(str(exc), 200)}",
+                attempts=attempt,
             ) from exc
 
 
 class _Retryable(Exception):
-    def __init__(self, cause: str, status: int | None = None, retry_after: float | None = None) -> None:
+    def __init__(
+        self, cause: str, status: int | None = None, retry_after: float | None = None
+    ) -> None:
         super().__init__(cause)
         self.cause = cause
         self.status = status
@@ -1294,18 +1524,26 @@ def _login(credentials: Credentials, *, timeout: float) -> str:
                 data={"username": credentials.user, "password": credentials.password.reveal()},
                 timeout=timeout,
             )
-        except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as exc:
+        except (
+            requests.ConnectionError,
+            requests.Timeout,
+            requests.exceptions.ChunkedEncodingError,
+        ) as exc:
             if isinstance(exc, requests.exceptions.SSLError):
                 raise XnatConnectionError(
                     f"TLS failure connecting to {credentials.host} ({type(exc).__name__}); check the URL scheme "
-                    "and certificates", uri="/data/services/auth", attempts=1,
+                    "and certificates",
+                    uri="/data/services/auth",
+                    attempts=1,
                 ) from None
             raise _Retryable(type(exc).__name__) from None
     if resp.status_code in (401, 403):
         raise XnatAuthenticationError(
             f"XNAT at {credentials.host} rejected the login of user {credentials.user!r} (HTTP {resp.status_code}); "
             "check XNAT_USER/XNAT_PASS or the ~/.netrc entry for this host",
-            status=resp.status_code, uri="/data/services/auth", attempts=1,
+            status=resp.status_code,
+            uri="/data/services/auth",
+            attempts=1,
         )
     if is_retryable_status(resp.status_code):
         raise _Retryable(f"HTTP {resp.status_code}", resp.status_code, _retry_after(resp.headers))
@@ -1313,13 +1551,17 @@ def _login(credentials: Credentials, *, timeout: float) -> str:
         raise XnatRequestError(
             f"XNAT at {credentials.host} answered the login of user {credentials.user!r} with HTTP "
             f"{resp.status_code}: {_excerpt(resp.text, 200)}",
-            status=resp.status_code, uri="/data/services/auth", attempts=1,
+            status=resp.status_code,
+            uri="/data/services/auth",
+            attempts=1,
         )
     token = resp.text.strip()
     if not token or not re.fullmatch(r"[A-Za-z0-9._~+/=-]+", token):
         raise XnatResponseFormatError(
             f"XNAT at {credentials.host} answered the login with HTTP 200 but no session token; check that the "
-            "host URL points at XNAT", status=200, uri="/data/services/auth", attempts=1,
+            "host URL points at XNAT",
+            status=200,
+            uri="/data/services/auth",
+            attempts=1,
         )
     return token
-
