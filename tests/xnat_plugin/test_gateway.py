@@ -324,9 +324,8 @@ def test_download_picks_the_largest_ct_scan_and_loads_it(
     rng = np.random.default_rng(7)
     small = rng.normal(0.0, 200.0, (3, 12, 10)).astype(np.float32)
     large = rng.normal(40.0, 300.0, (5, 12, 10)).astype(np.float32)
-    with _connect(
-        xnat_server, parse_model=True
-    ) as gw:  # xnatpy's import_ builds an object: needs the model
+    # xnatpy's services.import_ returns an object, which needs xnatpy's model
+    with _connect(xnat_server, parse_model=True) as gw:
         gw.xnat.put("/data/projects/DL")
         _import_series(gw, tmp_path, "DL", "CBCT01", [(1, small), (2, large)])
         session = gw.get_session("CBCT01", "DL")
@@ -451,9 +450,8 @@ def test_failed_upload_leaves_the_assessment_running(xnat_server_factory: Callab
             gw.write_assessment(session, _record(), resources=_resource_files(tmp_path, "h"))
         assert info.value.attempts == 3 and "S1" in str(info.value)
         stored = gw.read_assessments("HALF")
-        assert (
-            len(stored) == 1 and stored[0].record.status == "running"
-        )  # never "complete" without its maps
+        # never "complete" without its maps
+        assert len(stored) == 1 and stored[0].record.status == "running"
 
 
 def test_concurrent_writes_end_with_one_assessor(
