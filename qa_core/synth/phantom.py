@@ -556,9 +556,9 @@ def build_phantom(anatomy: PatientAnatomy, *, slices: int, size: int) -> Phantom
             (side * 58.0, 12.0, 11.0, 21.0, prof),  # superficial lobe
             (side * 40.0, 10.0, 7.0, 9.0, prof_d),  # deep lobe
         ]
-        for lx, ly, ax, by, pr in lobes:
-            x = (cv.x[None] - lx) / np.maximum(ax * pr, 1e-3)
-            y = (cv.y[None] - ly) / np.maximum(by * pr, 1e-3)
+        for lx, ly, lax, lby, pr in lobes:
+            x = (cv.x[None] - lx) / np.maximum(lax * pr, 1e-3)
+            y = (cv.y[None] - ly) / np.maximum(lby * pr, 1e-3)
             gland = (x**2 + y**2 <= 1.0 + 0.22 * tex[zs]) & (pr > 0.1)
             cv.paint(zs, gland, a.parotid_hu + 12.0 * tex[zs], lab[name])
 
