@@ -162,7 +162,7 @@ def test_refuses_foreign_or_mismatched_folder(tmp_path, cohort):
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine")
-    with pytest.raises(SynthesisError, match="without cohort.json"):
+    with pytest.raises(SynthesisError, match=r"without cohort\.json"):
         generate_cohort(foreign, n_sessions=1, progress=False, **KW)
     with pytest.raises(SynthesisError, match="seed=5"):
         generate_cohort(cohort.root, n_sessions=1, seed=6, progress=False, **KW)
@@ -203,7 +203,7 @@ def test_read_cohort_errors(tmp_path, cohort):
     broken = tmp_path / "broken"
     shutil.copytree(cohort.root, broken)
     (broken / "ratings.csv").unlink()
-    with pytest.raises(SynthesisError, match="ratings.csv"):
+    with pytest.raises(SynthesisError, match=r"ratings\.csv"):
         read_cohort(broken)
     shutil.copy(cohort.root / "ratings.csv", broken / "ratings.csv")
     text = (broken / "ratings.csv").read_text().splitlines()
@@ -217,7 +217,7 @@ def test_read_cohort_errors(tmp_path, cohort):
         read_cohort(broken)
     shutil.copy(cohort.root / "ratings.csv", broken / "ratings.csv")
     (broken / "truth.json").write_text("{not json")
-    with pytest.raises(SynthesisError, match="truth.json|parse"):
+    with pytest.raises(SynthesisError, match=r"truth\.json|parse"):
         read_cohort(broken)
     (broken / "truth.json").write_text(json.dumps({"SIM5_001": {"subject": "x"}}))
     with pytest.raises(SynthesisError, match="SIM5_001"):

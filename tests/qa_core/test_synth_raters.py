@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -58,7 +60,7 @@ def test_perfect_reconstruction_scores_best(scene):
 
 
 def test_white_noise_is_measured_as_error_not_contrast_or_sharpness(scene):
-    ph, ref, regions = scene
+    _ph, ref, _regions = scene
     rng = np.random.default_rng(0)
     noisy = ref + rng.normal(0.0, 40.0, ref.shape).astype(np.float32)
     m = _measure(noisy, scene)
@@ -123,7 +125,7 @@ def test_latent_quality_formula():
         assert d == pytest.approx(D_MID[cat])
         assert q == pytest.approx(3.0)
         qs = [latent_quality(cat, e, 1.0, 1.0)[1] for e in (5.0, 30.0, 100.0, 400.0, 2000.0)]
-        assert all(a > b for a, b in zip(qs, qs[1:], strict=False))
+        assert all(a > b for a, b in itertools.pairwise(qs))
         assert min(qs) >= 1.0 and max(qs) <= 5.0
         assert latent_quality(cat, 50.0, 0.5, 1.0)[1] < latent_quality(cat, 50.0, 1.0, 1.0)[1]
         assert latent_quality(cat, 50.0, 1.0, 0.5)[1] < latent_quality(cat, 50.0, 1.0, 1.0)[1]
