@@ -16,8 +16,11 @@ Resolution
 ----------
 Maps are kept at the target layer's resolution ``h × w`` (e.g. 16 × 16 for a 128 × 128
 input and a stride-8 target layer). Bilinear upsampling by an integer factor to the
-model input ``H × W`` multiplies every sum by exactly ``(H·W)/(h·w)``
-(:attr:`AttributionResult.upsample_factor`); AE here is *always* the sum at ``h × w``.
+model input ``H × W`` (half-pixel centres with edge clamping, as ``torch`` ``interpolate``
+with ``align_corners=False`` and OpenCV ``resize``, which pytorch-grad-cam uses) multiplies
+every sum by exactly ``(H·W)/(h·w)`` (:attr:`AttributionResult.upsample_factor`; 64 for the
+shipped model), because each source cell's weights add up to the factor per axis. AE here is
+*always* the sum at ``h × w``; multiply by that factor to compare with sums of upsampled maps.
 
 Speed
 -----
@@ -263,6 +266,7 @@ class AttributionResult:
         Category → AE / (N · h · w), the mean raw-map value per map cell.
     slice_ae:
         float64 ``(K, N)``: Σ_ij L_ks(i, j) per slice; ``slice_ae.sum(1)`` gives ``ae``.
+        The three arrays are read-only views.
     method:
         CAM method name (one of :data:`METHODS`).
     target_layer:
@@ -287,6 +291,14 @@ class AttributionResult:
     map_shape: tuple[int, int]
     input_shape: tuple[int, int]
     provenance: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("slice_scores", "cams", "slice_ae"):
+            arr = getattr(self, name)
+            if arr.flags.writeable:
+                view = arr.view()
+                view.flags.writeable = False
+                object.__setattr__(self, name, view)
 
     @property
     def categories(self) -> tuple[str, ...]:

@@ -51,8 +51,10 @@ def top_slices(result: AttributionResult, category: str, top_k: int) -> list[int
 def upsample_map(cam: npt.NDArray[np.float32], size: tuple[int, int]) -> npt.NDArray[np.float32]:
     """Bilinearly upsample one raw map ``(h, w)`` to ``size = (rows, cols)``.
 
-    Uses ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)``; for an
-    integer factor the sum grows by exactly ``(rows·cols)/(h·w)`` (up to float32 rounding).
+    Uses ``torch.nn.functional.interpolate(mode="bilinear", align_corners=False)`` (half-pixel
+    centres, edge clamping, as OpenCV's ``resize`` that pytorch-grad-cam uses). For an integer
+    factor f per axis every source cell's interpolation weights add up to f, so the sum grows
+    by exactly ``(rows·cols)/(h·w)`` (up to float32 rounding).
     """
     if cam.ndim != 2:
         raise AttributionError(f"upsample_map needs one (h, w) map; got shape {cam.shape}")

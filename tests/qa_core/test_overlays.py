@@ -119,13 +119,16 @@ def test_upsample_map_integer_factor_scales_sum() -> None:
     cam = rng.random((8, 8)).astype(np.float32)
     up = upsample_map(cam, (32, 32))
     assert up.shape == (32, 32)
-    # align_corners=False bilinear with edge clamping: the sum scales by (H·W)/(h·w) = 16
-    # exactly only for maps whose border rows/cols are linear; check a constant map exactly
-    # and a random one to within the edge effect.
-    assert upsample_map(np.full((8, 8), 0.25, np.float32), (32, 32)).sum() == pytest.approx(
-        0.25 * 1024
+    # align_corners=False bilinear with edge clamping: every source cell's weights sum to
+    # the factor per axis, so an integer upsampling multiplies the sum by exactly
+    # (H·W)/(h·w) (= 16 here; 9 for factor 3), up to float32 rounding.
+    assert float(up.sum(dtype=np.float64)) == pytest.approx(
+        16 * float(cam.sum(dtype=np.float64)), rel=1e-6
     )
-    assert up.sum() == pytest.approx(16 * cam.sum(), rel=0.02)
+    up3 = upsample_map(cam, (24, 24))
+    assert float(up3.sum(dtype=np.float64)) == pytest.approx(
+        9 * float(cam.sum(dtype=np.float64)), rel=1e-6
+    )
     with pytest.raises(AttributionError, match=r"one \(h, w\) map"):
         upsample_map(cam[None], (32, 32))
 
