@@ -58,7 +58,7 @@ def upsample_map(cam: npt.NDArray[np.float32], size: tuple[int, int]) -> npt.NDA
     """
     if cam.ndim != 2:
         raise AttributionError(f"upsample_map needs one (h, w) map; got shape {cam.shape}")
-    t = torch.from_numpy(np.ascontiguousarray(cam, dtype=np.float32))[None, None]
+    t = torch.from_numpy(np.array(cam, dtype=np.float32, copy=True))[None, None]  # writable copy
     up = F.interpolate(t, size=size, mode="bilinear", align_corners=False)
     out: npt.NDArray[np.float32] = up[0, 0].numpy()
     return out

@@ -295,6 +295,8 @@ def test_volume_input_provenance_and_json() -> None:
     np.testing.assert_allclose(direct.cams, result.cams, rtol=1e-6)
     with pytest.raises(AttributeError):
         result.method = "x"  # type: ignore[misc]
+    with pytest.raises(ValueError, match="read-only"):
+        result.cams[0, 0, 0, 0] = 1.0
 
 
 def test_target_layer_by_name_and_module() -> None:
