@@ -40,6 +40,7 @@ from xnat_plugin.gateway import (
     assessment_label,
 )
 from xnat_plugin.server import FaultConfig, RunningServer
+from xnat_plugin.server.faults import FaultDecision
 
 MODEL = "1.2.0"
 
@@ -615,12 +616,15 @@ def test_connect_retries_and_reports_an_unreachable_host(
     xnat_server_factory: Callable[..., RunningServer],
 ) -> None:
     server = xnat_server_factory(
-        faults=FaultConfig(error_rate=0.5, path_regex=r"^/data/services/auth$", seed=2)
+        faults=FaultConfig(error_rate=0.5, path_regex=r"^/data/services/auth$", seed=10)
     )
     with _connect(server, retries=8) as gw:
         assert gw.xnat.logged_in_user == server.user
-    url = server.url
-    server.stop()
+        assert server.app.faults.counts[FaultDecision.ERROR] > 0  # the login was retried
+        session = gw.xnat
+        url = server.url
+        server.stop()  # XNAT goes away while the gateway is open: leaving the block still closes
+    assert session.interface is None
     with pytest.raises(
         XnatConnectionError, match=r"cannot connect to XNAT at .* after 2 attempt"
     ) as info:
