@@ -440,12 +440,29 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _gradients(y: torch.Tensor, leaf: torch.Tensor) -> torch.Tensor:
-    """``∂y_k/∂A`` for every category k at once: ``(K, B, C, h, w)``."""
+def _gradients(y: torch.Tensor, leaf: torch.Tensor, layer_name: str) -> torch.Tensor:
+    """``∂y_k/∂A`` for every category k at once: ``(K, B, C, h, w)``.
+
+    One backward through the layers after the target, batched over the K one-hot
+    ``grad_outputs`` with ``is_grads_batched=True`` (vmap over the backward engine).
+    """
+    if y.grad_fn is None:
+        raise AttributionError(
+            f"the model's output does not depend on target layer {layer_name!r} (no autograd "
+            "path from it to the scores: a side branch, a detach() or torch.no_grad() in "
+            "forward); choose a layer on the path to the output"
+        )
     k = y.shape[1]
     eye = torch.eye(k, dtype=y.dtype, device=y.device)
     grad_out = eye[:, None, :].expand(k, y.shape[0], k)
-    (g,) = torch.autograd.grad(y, leaf, grad_outputs=grad_out, is_grads_batched=True)
+    try:
+        (g,) = torch.autograd.grad(y, leaf, grad_outputs=grad_out, is_grads_batched=True)
+    except RuntimeError as exc:
+        raise AttributionError(
+            f"batched backward from the scores to target layer {layer_name!r} failed ({exc}); "
+            "the layers after the target must be differentiable and support torch's vmap "
+            "(is_grads_batched)"
+        ) from exc
     return g
 
 
@@ -554,7 +571,7 @@ def attribute_slices(
                             f"categories {', '.join(CATEGORIES)}"
                         )
                     leaf = captured[0]
-                    g = _gradients(y, leaf)
+                    g = _gradients(y, leaf, layer_name)
                 _, _, h, w = leaf.shape
                 if cams is None:
                     cams = np.empty((k_cat, n, h, w), dtype=np.float32)

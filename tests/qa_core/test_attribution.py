@@ -383,6 +383,26 @@ def test_target_layer_with_non_tensor_output_raises_and_releases() -> None:
     assert len(net.pair._forward_hooks) == 0
 
 
+def test_target_layer_off_the_output_path_raises() -> None:
+    class SideBranch(TinyNet):
+        def __init__(self) -> None:
+            super().__init__()
+            self.side = nn.Conv2d(1, 2, 3)
+
+        @property
+        def target_layer(self) -> nn.Module:
+            return self.side
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            self.side(x)  # computed, but the scores do not use it
+            return super().forward(x)
+
+    model = SideBranch()
+    with pytest.raises(AttributionError, match="does not depend on target layer 'side'"):
+        attribute_slices(model, _slices(2))
+    assert len(model.side._forward_hooks) == 0
+
+
 _MEMORY_SCRIPT = textwrap.dedent(
     """
     import resource, sys, numpy as np, torch
