@@ -76,9 +76,9 @@ __all__ = [
 MU_WATER: Final[float] = 0.0193
 #: View counts a session can have; all divide :data:`BASE_VIEWS`, so a subset of one
 #: cached system matrix serves every session.
-VIEW_CHOICES: Final[tuple[int, ...]] = (360, 180, 120, 90, 60, 45)
+VIEW_CHOICES: Final[tuple[int, ...]] = (240, 120, 80, 60, 48, 40)
 #: Views in the cached base system matrix.
-BASE_VIEWS: Final[int] = 360
+BASE_VIEWS: Final[int] = 240
 #: Scale of the scatter kernel: ``scatter = 1`` gives a scatter-to-primary ratio near 0.45
 #: behind the mid-neck (measured on the reference patient).
 _SCATTER_YIELD: Final[float] = 0.2
@@ -91,7 +91,7 @@ REFERENCE_BIN_MM: Final[float] = GRID_MM / 256.0
 
 #: The per-session distributions of :func:`sample_settings` (recorded in cohort.json).
 SETTING_RANGES: Final[dict[str, str]] = {
-    "n_views": "choice (360, 180, 120, 90, 60, 45) with p (0.3, 0.25, 0.17, 0.12, 0.1, 0.06)",
+    "n_views": "choice (240, 120, 80, 60, 48, 40) with p (0.3, 0.25, 0.17, 0.12, 0.1, 0.06)",
     "dose": "log-uniform 1.5e3-1.5e5 photons per bin and view (unattenuated)",
     "scatter": "0 with p 0.3, else uniform 0-0.7 (residual scatter amplitude)",
     "beam_hardening": "uniform 0-0.012",
@@ -111,7 +111,7 @@ SETTING_RANGES: Final[dict[str, str]] = {
 class AcquisitionSettings:
     """Degradation settings of one simulated CBCT acquisition (see the module docstring)."""
 
-    n_views: int = 360
+    n_views: int = 240
     """Projections over 180 degrees (one of :data:`VIEW_CHOICES`)."""
     dose: float = 1e5
     """Unattenuated photons per detector bin and view at a 280/256 mm bin."""
@@ -268,24 +268,35 @@ def _metal_projection(
     obj: npt.NDArray[np.float32],
     metal_slices: npt.NDArray[np.intp],
     views: npt.NDArray[np.int64],
+    *,
+    cache: bool = True,
 ) -> npt.NDArray[np.float32]:
     """Line integrals through the metal voxels alone, for the slices that hold metal."""
     if metal_slices.size == 0:
         return np.zeros((views.size, proj.n_det, 0), dtype=np.float32)
     sub = obj[metal_slices]
     metal = np.where(sub > _METAL_MU, sub, 0.0).astype(np.float32)
-    return proj.forward(metal, views)
+    return proj.forward(metal, views, cache=cache)
 
 
 def _swallow(
-    mu: npt.NDArray[np.float32], phantom: Phantom, s: AcquisitionSettings
+    mu: npt.NDArray[np.float32], phantom: Phantom, s: AcquisitionSettings, cols: npt.NDArray[np.intp]
 ) -> npt.NDArray[np.float32]:
-    """Show the neck slices (zeta 0.1-0.62) the anatomy from ``swallow_mm`` lower."""
+    """Slices ``cols`` of the object during a swallow.
+
+    The neck (zeta 0.14-0.58, tapering to 0.08 and 0.64) moves cranially by
+    ``swallow_mm``: slice ``z`` shows the anatomy found ``swallow_mm`` lower, linearly
+    interpolated along z (edge slices repeat at the volume's ends).
+    """
     dz = phantom.spacing[0]
-    w = _swallow_weight(phantom.zeta)
-    shifted = ndimage.shift(mu, (s.swallow_mm / dz, 0.0, 0.0), order=1, mode="nearest")
-    wz = w[:, None, None].astype(np.float32)
-    return np.asarray((1.0 - wz) * mu + wz * shifted, dtype=np.float32)
+    n = mu.shape[0]
+    src = np.clip(cols.astype(np.float64) - s.swallow_mm / dz, 0.0, n - 1.0)
+    lo = np.minimum(np.floor(src).astype(np.intp), n - 1)
+    hi = np.minimum(lo + 1, n - 1)
+    f = (src - lo).astype(np.float32)[:, None, None]
+    shifted = (1.0 - f) * mu[lo] + f * mu[hi]
+    w = _swallow_weight(phantom.zeta[cols]).astype(np.float32)[:, None, None]
+    return np.asarray((1.0 - w) * mu[cols] + w * shifted, dtype=np.float32)
 
 
 def acquire(
@@ -322,15 +333,10 @@ def acquire(
     n_v = views.size
     mu = hu_to_mu(phantom.hu)
 
-    # --- static object for every view; moved objects replace the views of their block.
-    # (Each variant is projected for all views and its block's rows are kept: cheaper
-    # than building a system matrix per block.)
+    # --- static object for every view; each moved object is projected for its own block
+    # of views (a one-off view-subset matrix) and replaces those rows.
     moving = settings.motion_mm > 0 or settings.motion_deg != 0
-    moved = (
-        _block(n_v, settings.motion_start, settings.motion_fraction)
-        if moving
-        else np.zeros(n_v, bool)
-    )
+    moved = _block(n_v, settings.motion_start, settings.motion_fraction) if moving else np.zeros(n_v, bool)
     swal = (
         _block(n_v, settings.swallow_start, settings.swallow_fraction)
         if settings.swallow_mm > 0
@@ -341,23 +347,20 @@ def acquire(
     sino = proj.forward(mu, views)
     metal_sino = _metal_projection(proj, mu, metal_slices, views)
     neck = np.nonzero(_swallow_weight(phantom.zeta) > 0)[0]
+    bins = np.arange(proj.n_det)
     for g in (1, 2, 3):
         rows = np.nonzero(group == g)[0]
-        if rows.size == 0:
-            continue
         cols = np.arange(slices) if g & 1 else neck
-        if cols.size == 0:
+        if rows.size == 0 or cols.size == 0:
             continue
-        obj = _swallow(mu, phantom, settings) if g & 2 else mu
-        obj = _rigid(obj[cols], px, settings) if g & 1 else obj[cols]
-        part = proj.forward(np.ascontiguousarray(obj), views)
-        sino[np.ix_(rows, np.arange(proj.n_det), cols)] = part[rows]
-        if metal_slices.size:
-            msl = np.nonzero(np.isin(cols, metal_slices))[0]
-            if msl.size:
-                mpart = _metal_projection(proj, obj, msl, views)
-                where = np.searchsorted(metal_slices, cols[msl])
-                metal_sino[np.ix_(rows, np.arange(proj.n_det), where)] = mpart[rows]
+        obj = _swallow(mu, phantom, settings, cols) if g & 2 else mu[cols]
+        if g & 1:
+            obj = _rigid(obj, px, settings)
+        sino[np.ix_(rows, bins, cols)] = proj.forward(np.ascontiguousarray(obj), views[rows], cache=False)
+        msl = np.nonzero(np.isin(cols, metal_slices))[0]
+        if msl.size:
+            where = np.searchsorted(metal_slices, cols[msl])
+            metal_sino[np.ix_(rows, bins, where)] = _metal_projection(proj, obj, msl, views[rows], cache=False)
     del mu
 
     # --- beam hardening, primary, scatter, gains, noise, log

@@ -337,11 +337,20 @@ def _texture(anatomy: PatientAnatomy, zeta: npt.NDArray[np.float64], size: int) 
     z0 = np.clip(np.floor(zpos).astype(int), 0, lat.shape[0] - 2)
     fz = (zpos - z0)[:, None, None]
     planes = (1 - fz) * lat[z0] + fz * lat[z0 + 1]
-    zoom = size / lat.shape[1]
-    out = ndimage.zoom(
-        planes.astype(np.float32), (1.0, zoom, zoom), order=1, grid_mode=True, mode="nearest"
-    )
-    return np.asarray(out[:, :size, :size], dtype=np.float32)
+    up = _linear_upsampler(lat.shape[1], size)
+    out = np.matmul(np.matmul(up[None], planes.astype(np.float32)), up.T[None])
+    return np.asarray(out, dtype=np.float32)
+
+
+def _linear_upsampler(n_in: int, n_out: int) -> npt.NDArray[np.float32]:
+    """(n_out, n_in) matrix of linear interpolation between pixel centres (edges clamped)."""
+    pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0, n_in - 1.0)
+    lo = np.minimum(np.floor(pos).astype(np.intp), n_in - 2)
+    frac = pos - lo
+    m = np.zeros((n_out, n_in), dtype=np.float32)
+    m[np.arange(n_out), lo] = 1.0 - frac
+    m[np.arange(n_out), lo + 1] += frac
+    return m
 
 
 # --------------------------------------------------------------------------- anatomy

@@ -221,13 +221,16 @@ class ParallelBeamProjector:
         """Detector bin centres in mm from the rotation axis, shape ``(n_det,)``."""
         return (np.arange(self.n_det, dtype=np.float64) - (self.n_det - 1) / 2.0) * self.pixel_mm
 
-    def matrix(self, views: npt.ArrayLike | None = None) -> sp.csr_matrix:
+    def matrix(self, views: npt.ArrayLike | None = None, *, cache: bool = True) -> sp.csr_matrix:
         """The back-projection matrix ``AT`` (pixels x (views * bins)) for a view subset.
 
         Parameters
         ----------
         views:
             Indices into the base view set (sorted, unique); ``None`` for all views.
+        cache:
+            Keep the matrix for later calls (the last two subsets are kept); pass False
+            for one-off subsets such as a motion block.
 
         Returns
         -------
@@ -240,6 +243,8 @@ class ParallelBeamProjector:
         if cached is not None:
             return cached
         at = self._build_matrix(views)
+        if not cache:
+            return at
         if len(self._subsets) >= _SUBSET_CACHE:
             self._subsets.pop(next(iter(self._subsets)))
         self._subsets[key] = at
@@ -269,7 +274,7 @@ class ParallelBeamProjector:
         indptr = np.arange(0, nnz + 1, n_v * _TAPS, dtype=itype)
         return sp.csr_matrix((w, idx, indptr), shape=(n_pix, n_v * base.n_det))
 
-    def forward(self, mu: F32, views: npt.ArrayLike | None = None) -> F32:
+    def forward(self, mu: F32, views: npt.ArrayLike | None = None, *, cache: bool = True) -> F32:
         """Line integrals of ``mu`` for the requested views.
 
         Parameters
@@ -278,6 +283,8 @@ class ParallelBeamProjector:
             float32 ``(n_slices, size, size)`` linear attenuation in 1/mm.
         views:
             View subset (see :meth:`matrix`); ``None`` for all views.
+        cache:
+            Keep the subset's matrix for later calls (see :meth:`matrix`).
 
         Returns
         -------
@@ -285,7 +292,7 @@ class ParallelBeamProjector:
             float32 ``(n_views_used, n_det, n_slices)``: dimensionless line integrals.
         """
         mu = self._check_image(mu)
-        at = self.matrix(views)
+        at = self.matrix(views, cache=cache)
         x = np.ascontiguousarray(mu.reshape(mu.shape[0], -1).T)
         p = (at.T @ x).astype(np.float32, copy=False)
         p *= np.float32(self.pixel_mm)

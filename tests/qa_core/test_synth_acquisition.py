@@ -155,7 +155,7 @@ def small_phantom():
 
 
 def test_acquire_output_contract(small_phantom):
-    s = AcquisitionSettings(n_views=90, dose=2e4, fov_radius_mm=120.0)
+    s = AcquisitionSettings(n_views=80, dose=2e4, fov_radius_mm=120.0)
     hu, fov, diag = acquire(small_phantom, s, np.random.default_rng(0))
     assert hu.shape == small_phantom.hu.shape and hu.dtype == np.float32
     assert hu.min() >= -1024.0 and hu.max() <= 3071.0
@@ -189,7 +189,7 @@ def test_scatter_gives_cupping(small_phantom):
 # --------------------------------------------------------------------------- worse -> lower
 
 
-GOOD = AcquisitionSettings(n_views=180, dose=3e4, z_blur_mm=0.5)
+GOOD = AcquisitionSettings(n_views=120, dose=3e4, z_blur_mm=0.5)
 
 
 def _clean_anatomy(seed: int):
@@ -215,7 +215,7 @@ def good_sessions():
 
 WORSE = {
     "dose": (dataclasses.replace(GOOD, dose=1.5e3), None, CATEGORIES),
-    "views": (dataclasses.replace(GOOD, n_views=45), None, ("overall",)),
+    "views": (dataclasses.replace(GOOD, n_views=40), None, ("overall",)),
     "scatter": (dataclasses.replace(GOOD, scatter=0.7), None, CATEGORIES),
     "motion": (
         dataclasses.replace(GOOD, motion_mm=5.0, motion_deg=2.0, motion_fraction=0.4),
