@@ -14,26 +14,28 @@ method's RMS error against the phantom inside the field of view.
 from __future__ import annotations
 
 import argparse
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from qa_core.synth import generate_cohort  # noqa: E402
-from qa_core.synth.acquisition import hu_to_mu, mu_to_hu  # noqa: E402
-from qa_core.synth.phantom import GRID_MM, build_phantom, sample_anatomy  # noqa: E402
-from qa_core.synth.projector import ParallelBeamProjector, _base_matrix  # noqa: E402
+from qa_core.synth import generate_cohort
+from qa_core.synth.acquisition import hu_to_mu, mu_to_hu
+from qa_core.synth.phantom import GRID_MM, build_phantom, sample_anatomy
+from qa_core.synth.projector import ParallelBeamProjector, _base_matrix
 
 
 def bench_cohort(n_sessions: int, slices: int, size: int, workers: int) -> float:
     with tempfile.TemporaryDirectory(prefix="bench_synth_") as tmp:
         t0 = time.perf_counter()
         cohort = generate_cohort(
-            Path(tmp) / "cohort", n_sessions=n_sessions, slices=slices, size=size, seed=0, workers=workers
+            Path(tmp) / "cohort",
+            n_sessions=n_sessions,
+            slices=slices,
+            size=size,
+            seed=0,
+            workers=workers,
         )
         dt = time.perf_counter() - t0
     assert len(cohort.sessions) == n_sessions
@@ -50,7 +52,7 @@ def bench_projector(n_slices: int, size: int, n_views: int) -> None:
     ph = build_phantom(sample_anatomy(np.random.default_rng(0)), slices=n_slices, size=size)
     truth = np.clip(ph.hu, -1000.0, 3071.0).astype(np.float32)
     mu = hu_to_mu(truth)
-    c = (np.arange(size) - (size - 1) / 2.0)
+    c = np.arange(size) - (size - 1) / 2.0
     fov = (c[None] ** 2 + c[:, None] ** 2) <= ((size - 1) / 2.0) ** 2
     soft = fov[None] & (truth > -200) & (truth < 200)
 
@@ -73,19 +75,31 @@ def bench_projector(n_slices: int, size: int, n_views: int) -> None:
     t_ref = time.perf_counter() - t0
 
     def rms(x: np.ndarray) -> float:
-        return float(np.sqrt(np.mean((np.clip(x, -160, 240) - np.clip(truth, -160, 240))[soft] ** 2)))
+        return float(
+            np.sqrt(np.mean((np.clip(x, -160, 240) - np.clip(truth, -160, 240))[soft] ** 2))
+        )
 
-    print(f"projector + FBP, {n_slices} slices x {size}^2, {n_views} views (same slices, same process):")
-    print(f"  ours (sparse matrix, cached): {t_ours:7.2f} s   (+ one-off matrix build {t_build:.2f} s)")
+    print(
+        f"projector + FBP, {n_slices} slices x {size}^2, {n_views} views (same slices, same process):"
+    )
+    print(
+        f"  ours (sparse matrix, cached): {t_ours:7.2f} s   (+ one-off matrix build {t_build:.2f} s)"
+    )
     print(f"  skimage radon + iradon:       {t_ref:7.2f} s")
-    print(f"  ratio skimage / ours:         {t_ref / t_ours:7.1f} x  (incl. build: {t_ref / (t_ours + t_build):.1f} x)")
-    print(f"  RMS error vs phantom, soft-tissue window: ours {rms(ours):.1f} HU, skimage {rms(ref):.1f} HU")
+    print(
+        f"  ratio skimage / ours:         {t_ref / t_ours:7.1f} x  (incl. build: {t_ref / (t_ours + t_build):.1f} x)"
+    )
+    print(
+        f"  RMS error vs phantom, soft-tissue window: ours {rms(ours):.1f} HU, skimage {rms(ref):.1f} HU"
+    )
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="4 sessions and 2 reference slices")
-    ap.add_argument("--workers", type=int, default=2, help="worker processes for the cohort (default 2)")
+    ap.add_argument(
+        "--workers", type=int, default=2, help="worker processes for the cohort (default 2)"
+    )
     ap.add_argument("--sessions", type=int, default=None)
     ap.add_argument("--slices", type=int, default=64)
     ap.add_argument("--size", type=int, default=256)

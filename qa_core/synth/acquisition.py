@@ -280,7 +280,10 @@ def _metal_projection(
 
 
 def _swallow(
-    mu: npt.NDArray[np.float32], phantom: Phantom, s: AcquisitionSettings, cols: npt.NDArray[np.intp]
+    mu: npt.NDArray[np.float32],
+    phantom: Phantom,
+    s: AcquisitionSettings,
+    cols: npt.NDArray[np.intp],
 ) -> npt.NDArray[np.float32]:
     """Slices ``cols`` of the object during a swallow.
 
@@ -336,7 +339,11 @@ def acquire(
     # --- static object for every view; each moved object is projected for its own block
     # of views (a one-off view-subset matrix) and replaces those rows.
     moving = settings.motion_mm > 0 or settings.motion_deg != 0
-    moved = _block(n_v, settings.motion_start, settings.motion_fraction) if moving else np.zeros(n_v, bool)
+    moved = (
+        _block(n_v, settings.motion_start, settings.motion_fraction)
+        if moving
+        else np.zeros(n_v, bool)
+    )
     swal = (
         _block(n_v, settings.swallow_start, settings.swallow_fraction)
         if settings.swallow_mm > 0
@@ -356,11 +363,15 @@ def acquire(
         obj = _swallow(mu, phantom, settings, cols) if g & 2 else mu[cols]
         if g & 1:
             obj = _rigid(obj, px, settings)
-        sino[np.ix_(rows, bins, cols)] = proj.forward(np.ascontiguousarray(obj), views[rows], cache=False)
+        sino[np.ix_(rows, bins, cols)] = proj.forward(
+            np.ascontiguousarray(obj), views[rows], cache=False
+        )
         msl = np.nonzero(np.isin(cols, metal_slices))[0]
         if msl.size:
             where = np.searchsorted(metal_slices, cols[msl])
-            metal_sino[np.ix_(rows, bins, where)] = _metal_projection(proj, obj, msl, views[rows], cache=False)
+            metal_sino[np.ix_(rows, bins, where)] = _metal_projection(
+                proj, obj, msl, views[rows], cache=False
+            )
     del mu
 
     # --- beam hardening, primary, scatter, gains, noise, log

@@ -337,7 +337,7 @@ def _write_session(root: Path, sim: SimulatedSession, seed: int, index: int) -> 
             study_date=study_date,
             manufacturer="cbctqa simulator",
             kvp=100.0,
-            exposure_mas=sim.settings.dose * sim.settings.n_views / 1e4,
+            exposure_mas=max(1.0, sim.settings.dose * sim.settings.n_views / 4e5),
             file_prefix="CT",
         )
         names = np.array(sorted(LABELS, key=LABELS.__getitem__))

@@ -104,13 +104,14 @@ TASK_CONTRAST_HU: Final[dict[str, float]] = {
     "overall": 100.0,
 }
 #: Detectability at which the latent quality is 3 (scale midpoint): the median of ``d``
-#: per category over seeded calibration cohorts (60 sessions at 128 x 32, 24 at 256 x 48).
+#: per category over seeded calibration cohorts (seed 11: the mean of the medians of
+#: 60 sessions at 128 x 128 x 32 and 20 sessions at 256 x 256 x 64).
 D_MID: Final[dict[str, float]] = {
-    "parotid": 1.8,
-    "submandibular": 1.7,
-    "larynx": 1.05,
-    "mandible": 1.3,
-    "overall": 0.95,
+    "parotid": 1.6,
+    "submandibular": 1.6,
+    "larynx": 0.97,
+    "mandible": 1.22,
+    "overall": 0.9,
 }
 #: Steepness of the logistic curve in log d.
 GAMMA: Final[float] = 2.6
