@@ -57,7 +57,7 @@ import numpy.typing as npt
 from scipy import ndimage
 
 from qa_core.errors import SynthesisError
-from qa_core.synth.phantom import GRID_MM, Phantom
+from qa_core.synth.phantom import GRID_MM, Phantom, upsample_linear
 from qa_core.synth.projector import ParallelBeamProjector
 
 __all__ = [
@@ -454,15 +454,10 @@ def _scatter_kernel(sino: npt.NDArray[np.float32], px: float, dz: float) -> npt.
     dec = src.reshape(n_v, nb, f, n_s).mean(axis=2)
     dec = ndimage.gaussian_filter1d(dec, 60.0 / (px * f), axis=1, mode="constant", truncate=3.0)
     dec = ndimage.gaussian_filter1d(dec, max(20.0 / dz, 0.3), axis=2, mode="nearest", truncate=3.0)
-    centres = (np.arange(nb) + 0.5) * f - 0.5
-    up = np.zeros((n_det, nb), dtype=np.float32)
-    pos = np.clip(np.interp(np.arange(n_det), centres, np.arange(nb)), 0, nb - 1)
-    lo = np.minimum(np.floor(pos).astype(int), nb - 2) if nb > 1 else np.zeros(n_det, int)
-    frac = (pos - lo).astype(np.float32)
-    up[np.arange(n_det), lo] = 1.0 - frac
-    if nb > 1:
-        up[np.arange(n_det), lo + 1] += frac
-    return np.asarray(np.matmul(up[None], dec.astype(np.float32)), dtype=np.float32)
+    if nb < 2:
+        return np.broadcast_to(dec, (n_v, n_det, n_s)).astype(np.float32)
+    up = upsample_linear(dec.astype(np.float32), nb * f, axis=1)
+    return np.ascontiguousarray(up[:, :n_det, :], dtype=np.float32)
 
 
 def _taper(

@@ -56,6 +56,7 @@ __all__ = [
     "build_phantom",
     "category_regions",
     "sample_anatomy",
+    "upsample_linear",
 ]
 
 #: In-plane extent of the square grid in mm (pixel size = GRID_MM / size).
@@ -337,20 +338,39 @@ def _texture(anatomy: PatientAnatomy, zeta: npt.NDArray[np.float64], size: int) 
     z0 = np.clip(np.floor(zpos).astype(int), 0, lat.shape[0] - 2)
     fz = (zpos - z0)[:, None, None]
     planes = (1 - fz) * lat[z0] + fz * lat[z0 + 1]
-    up = _linear_upsampler(lat.shape[1], size)
-    out = np.matmul(np.matmul(up[None], planes.astype(np.float32)), up.T[None])
+    out = upsample_linear(upsample_linear(planes.astype(np.float32), size, axis=1), size, axis=2)
     return np.asarray(out, dtype=np.float32)
 
 
-def _linear_upsampler(n_in: int, n_out: int) -> npt.NDArray[np.float32]:
-    """(n_out, n_in) matrix of linear interpolation between pixel centres (edges clamped)."""
+def upsample_linear(a: npt.NDArray[np.float32], n_out: int, axis: int) -> npt.NDArray[np.float32]:
+    """Linear interpolation of ``a`` along ``axis`` to ``n_out`` samples (pixel centres aligned).
+
+    Element-wise (no BLAS call), so it stays fast when many processes share few cores.
+
+    Parameters
+    ----------
+    a:
+        float32 array with at least 2 samples along ``axis``.
+    n_out:
+        Output samples along ``axis``.
+    axis:
+        Axis to resample.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, ``a.shape`` with ``n_out`` along ``axis``; sample ``i`` sits at input
+        coordinate ``(i + 0.5) * n_in / n_out - 0.5`` (clamped to the edge samples).
+    """
+    n_in = a.shape[axis]
     pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0, n_in - 1.0)
     lo = np.minimum(np.floor(pos).astype(np.intp), n_in - 2)
-    frac = pos - lo
-    m = np.zeros((n_out, n_in), dtype=np.float32)
-    m[np.arange(n_out), lo] = 1.0 - frac
-    m[np.arange(n_out), lo + 1] += frac
-    return m
+    shape = [1] * a.ndim
+    shape[axis] = n_out
+    frac = (pos - lo).astype(np.float32).reshape(shape)
+    lo_v = np.take(a, lo, axis=axis)
+    hi_v = np.take(a, lo + 1, axis=axis)
+    return np.asarray(lo_v + frac * (hi_v - lo_v), dtype=np.float32)
 
 
 # --------------------------------------------------------------------------- anatomy

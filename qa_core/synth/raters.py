@@ -17,13 +17,13 @@ Metal voxels are excluded.
     slices (metal, shoulders) weigh more than in a plain RMS, as they do for a reader.
     Lower is better.
 ``noise_hu``
-    Standard deviation of the high-passed error (error minus its 2-pixel Gaussian-like
+    Standard deviation of the high-passed error in the soft-tissue window (error minus its 2-pixel Gaussian-like
     blur) over the region's soft tissue, divided by the high-pass gain for white noise, so
     that white noise of standard deviation s reads s. Structured low-frequency errors
     (cupping) are excluded; fine streaks count. Diagnostic (not in the latent formula).
 ``contrast``
     Local contrast transfer: least-squares slope of the reconstruction on the reference,
-    both high-passed (minus an 8 mm Gaussian-like blur made of three box filters, so slow
+    both high-passed (minus an 8 mm Gaussian-like blur made of two box filters, so slow
     cupping does not count here; it counts in ``error_hu``), over the region's
     soft-tissue voxels (reference in [-200, 200] HU). Scatter lowers it below 1. Higher
     is better (ideal 1).
@@ -314,6 +314,10 @@ def measure_quality(
     hp_rec = recon_hu - _smooth(recon_hu, _LOCAL_MM / pixel_mm)
     hp_ref = reference - _smooth(reference, _LOCAL_MM / pixel_mm)
     soft_all = (reference > -200.0) & (reference < 200.0)
+    lo_s, hi_s = WINDOWS["overall"]
+    noise_diff = np.clip(recon_hu, lo_s, hi_s) - np.clip(reference, lo_s, hi_s)
+    noise_hp = noise_diff - _smooth(noise_diff, _NOISE_SIGMA_PX)
+    del noise_diff
     windowed: dict[tuple[float, float], _Windowed] = {}
     missing = [c for c in CATEGORIES if c not in regions]
     if missing:
@@ -369,18 +373,22 @@ def measure_quality(
             sharp = 1.0
         # noise: high-passed error over soft tissue, white-noise gain removed
         soft_w = soft & valid
-        noise = float(np.std(w.hp[soft_w]) / _HP_GAIN) if soft_w.sum() >= 10 else float("nan")
+        noise_sel = noise_hp[w.zs][soft_w]
+        noise = float(np.std(noise_sel) / _HP_GAIN) if noise_sel.size >= 10 else float("nan")
         d, q = latent_quality(cat, error, contrast, sharp)
         out[cat] = RegionQuality(cat, error, noise, contrast, sharp, d, q, n)
     return out
 
 
 def _smooth(img: F32, sigma_px: float) -> F32:
-    """In-plane Gaussian-like low-pass: three box filters of width 2 sigma per axis."""
-    width = max(round(2.0 * sigma_px), 1)
+    """In-plane Gaussian-like low-pass: two box filters of width 2.45 sigma per axis.
+
+    Two passes give a triangle kernel with the standard deviation ``sigma_px``.
+    """
+    width = max(round(2.45 * sigma_px), 1)
     out = img
     for axis in (1, 2):
-        for _ in range(3):
+        for _ in range(2):
             out = ndimage.uniform_filter1d(out, width, axis=axis, mode="nearest")
     return np.asarray(out, dtype=np.float32)
 
@@ -406,13 +414,12 @@ def _zrange(has: npt.NDArray[np.bool_]) -> slice:
 
 @dataclass(frozen=True, eq=False)
 class _Windowed:
-    """Window-clipped difference, gradients and high-pass of one display window over a z range."""
+    """Window-clipped difference and gradients of one display window over a z range."""
 
     zs: slice
     diff: F32
     g2: F32
     gdot: F32
-    hp: F32
 
     @classmethod
     def compute(
@@ -426,8 +433,7 @@ class _Windowed:
         g2 = gy_ref**2 + gx_ref**2
         gdot = gy_rec * gy_ref + gx_rec * gx_ref
         diff = rec - ref
-        hp = diff - _smooth(diff, _NOISE_SIGMA_PX)
-        return cls(zs, diff, g2, gdot, hp)
+        return cls(zs, diff, g2, gdot)
 
 
 def _grad(img: F32) -> tuple[F32, F32]:
