@@ -146,6 +146,25 @@ def test_equals_pytorch_grad_cam_raw_maps_shipped_model(
     assert result.provenance["model_sha256"] == getattr(model, "card", {})["sha256"]
 
 
+#: CUDA joins when present (the CPU-only CI runs the CPU case; no skip either way).
+_DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", _DEVICES)
+def test_device_run_matches_cpu_and_model_stays_put(device: str) -> None:
+    model = TinyNet()
+    x = _slices(6)
+    ref = attribute_slices(model, x, weighting="numpy")
+    for weighting in ("auto", "numpy", "torch"):
+        got = attribute_slices(model, x, device=device, weighting=weighting, batch_size=4)
+        np.testing.assert_allclose(got.cams, ref.cams, rtol=1e-4, atol=1e-6 * float(ref.cams.max()))
+        np.testing.assert_allclose(got.slice_scores, ref.slice_scores, rtol=1e-5, atol=1e-6)
+        assert got.provenance["device"].startswith(device)
+        expected = ("torch" if device == "cuda" else "numpy") if weighting == "auto" else weighting
+        assert got.provenance["weighting"] == expected
+        assert all(p.device.type == "cpu" for p in model.parameters()), "model moved back"
+
+
 def test_scores_match_plain_forward_and_ae_is_sum_of_cams() -> None:
     model = TinyNet()
     x = _slices(9)
