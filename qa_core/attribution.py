@@ -33,13 +33,13 @@ parameter gradients and no backward through the convolutions below the target.
 
 Methods
 -------
-The channel weighting is pytorch-grad-cam's own: its method classes' ``get_cam_image``
-(which calls ``get_cam_weights``) is applied to numpy float32 activations and gradients,
-batched over slices and categories, followed by ReLU exactly as its
-``compute_cam_per_layer`` does, but without its resizing and per-image min-max
-normalisation (which destroy AE). Supported: ``gradcam``, ``gradcam++``, ``xgradcam``,
-``hirescam`` and ``layercam`` (the last two are elementwise, handled in their own
-``get_cam_image`` as in pytorch-grad-cam).
+The channel weighting is pytorch-grad-cam's own, applied to numpy float32 activations and
+gradients batched over slices: for the channel-weight methods (``gradcam``, ``gradcam++``,
+``xgradcam``) its classes' ``get_cam_weights`` gives ``w`` per category and the map is
+``Σ_c w_c A_c`` (its ``BaseCAM.get_cam_image``, as one ``einsum`` over all categories); the
+elementwise methods (``hirescam``, ``layercam``) use their own ``get_cam_image``. Then ReLU,
+exactly as its ``compute_cam_per_layer`` does, but without its resizing and per-image
+min-max normalisation (which destroy AE).
 
 ``weighting="numpy"`` (the default on CPU) runs pytorch-grad-cam's code itself.
 ``weighting="torch"`` (the default on CUDA) runs a line-by-line port of the same formulas
@@ -56,7 +56,6 @@ before the ReLU the map's sum restates the prediction. Report ρ(AE, prediction)
 
 from __future__ import annotations
 
-import logging
 import platform
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -83,7 +82,6 @@ __all__ = [
     "raw_cam",
 ]
 
-log = logging.getLogger(__name__)
 
 #: Supported CAM methods (names accepted by ``method=``), mapped to pytorch-grad-cam classes.
 METHODS: Final[tuple[str, ...]] = ("gradcam", "gradcam++", "xgradcam", "hirescam", "layercam")
