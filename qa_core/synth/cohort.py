@@ -349,7 +349,10 @@ def _write_session(root: Path, sim: SimulatedSession, seed: int, index: int) -> 
         )
         truth = sim.truth_json()
         _write_json(tmp / "truth.json", truth)
-        os.replace(tmp, final) if not final.exists() else _replace_dir(tmp, final)
+        if final.exists():  # a session folder without truth.json (left by hand): replace it
+            _replace_dir(tmp, final)
+        else:
+            os.replace(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -434,7 +437,8 @@ def generate_cohort(
     ----------
     out:
         Output folder: new, empty, or a previous cohort with the same generator, seed,
-        slices and size (finished sessions are kept; the rest are made).
+        slices and size (finished sessions are kept; the rest are made; sessions beyond
+        ``n_sessions`` stay on disk but are not listed in truth.json and ratings.csv).
     n_sessions:
         Sessions (>= 1), indices 1..n.
     slices, size, seed:
