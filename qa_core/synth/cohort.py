@@ -454,6 +454,13 @@ def generate_cohort(
     -------
     Cohort
         The cohort as :func:`read_cohort` reads it back.
+
+    Notes
+    -----
+    Cost: about 0.6 CPU-seconds per session at 128 x 128 x 48 and 2.5 at 256 x 256 x 64.
+    Each worker caches the system matrix of its grid (``size**2 * 240 * 3`` weights of
+    8 bytes: 0.1 GB at 128, 0.38 GB at 256, 1.5 GB at 512, 6 GB at 1024) plus up to two
+    view subsets, so use few workers for large grids.
     """
     if not isinstance(n_sessions, int) or n_sessions < 1:
         raise SynthesisError(f"n_sessions must be an integer >= 1; got {n_sessions!r}")

@@ -326,7 +326,8 @@ def measure_quality(
         )
     out: dict[str, RegionQuality] = {}
     for cat in CATEGORIES:
-        valid = regions[cat] & keep
+        zr = _zrange(regions[cat].any(axis=(1, 2)))  # work on the region's slices only
+        valid = regions[cat][zr] & keep[zr]
         n = int(valid.sum())
         if n < 20:
             raise SynthesisError(
@@ -335,18 +336,19 @@ def measure_quality(
             )
         win = WINDOWS[cat]
         if win not in windowed:
-            zr = _zrange(
+            zw = _zrange(
                 np.any(
                     [regions[c].any(axis=(1, 2)) for c in CATEGORIES if WINDOWS[c] == win], axis=0
                 )
             )
-            windowed[win] = _Windowed.compute(recon_hu, reference, win, zr)
-        w = windowed[win]
+            windowed[win] = _Windowed.compute(recon_hu, reference, win, zw)
+        full = windowed[win]
         lo, hi = win
-        valid = valid[w.zs]
-        soft_cat = soft_all[w.zs]
-        hp_rec_c = hp_rec[w.zs]
-        hp_ref_c = hp_ref[w.zs]
+        rel = slice(zr.start - full.zs.start, zr.stop - full.zs.start)
+        w = _Windowed(zr, full.diff[rel], full.g2[rel], full.gdot[rel])
+        soft_cat = soft_all[zr]
+        hp_rec_c = hp_rec[zr]
+        hp_ref_c = hp_ref[zr]
         # error: per-slice RMS about the region's mean offset, power mean over slices
         offset = float(w.diff[valid].mean())
         counts = valid.sum(axis=(1, 2))
