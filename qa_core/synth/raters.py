@@ -326,7 +326,7 @@ def measure_quality(
         )
     out: dict[str, RegionQuality] = {}
     for cat in CATEGORIES:
-        zr = _zrange(regions[cat].any(axis=(1, 2)))  # work on the region's slices only
+        zr = _zrange(np.asarray(regions[cat].any(axis=(1, 2))))  # work on the region's slices only
         valid = regions[cat][zr] & keep[zr]
         n = int(valid.sum())
         if n < 20:
