@@ -398,8 +398,14 @@ def _check_out(out: Path, header: dict[str, Any]) -> None:
         raise SynthesisError(
             f"cohort output {out} exists and is not a folder; choose another --out"
         )
-    if not out.exists() or not any(out.iterdir()):
+    if not out.exists():
         return
+    leftovers = {p.name for p in out.iterdir()}
+    sessions = out / "sessions"
+    if leftovers <= {".synth.lock", "sessions"} and not (
+        sessions.is_dir() and any(sessions.iterdir())
+    ):
+        return  # empty, or only what an interrupted start of a run leaves
     meta = out / "cohort.json"
     if not meta.is_file():
         raise SynthesisError(
@@ -418,6 +424,55 @@ def _check_out(out: Path, header: dict[str, Any]) -> None:
                 f"cohort output {out} holds a cohort with {key}={old.get(key)!r}, not {header[key]!r}; "
                 "choose another --out or remove the old cohort"
             )
+
+
+class _CohortLock:
+    """Exclusive ``OUT/.synth.lock`` (holds the writer's PID) for one generating process.
+
+    Two runs writing into one folder would delete each other's temporary sessions; the
+    second run is refused. A lock left by a process that no longer exists is taken over.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / ".synth.lock"
+
+    def __enter__(self) -> _CohortLock:
+        for _ in range(2):
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                if self._owner_alive():
+                    raise SynthesisError(
+                        f"another cbctqa synth (pid {self._owner()}) is writing {self.path.parent}; "
+                        f"wait for it to finish, or remove {self.path} if that process is gone"
+                    ) from None
+                self.path.unlink(missing_ok=True)  # stale lock of a dead process
+                continue
+            with os.fdopen(fd, "w") as fh:
+                fh.write(str(os.getpid()))
+            return self
+        raise SynthesisError(f"cannot take the lock {self.path}; remove it and retry")
+
+    def __exit__(self, *exc: object) -> None:
+        self.path.unlink(missing_ok=True)
+
+    def _owner(self) -> int | None:
+        try:
+            return int(self.path.read_text(encoding="utf-8").strip())
+        except (OSError, ValueError):
+            return None
+
+    def _owner_alive(self) -> bool:
+        pid = self._owner()
+        if pid is None or pid == os.getpid():
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
 
 
 def generate_cohort(
@@ -470,6 +525,26 @@ def generate_cohort(
     root = Path(out)
     header = _cohort_header(seed, n_sessions, slices, size)
     _check_out(root, header)
+    root.mkdir(parents=True, exist_ok=True)
+    with _CohortLock(root):
+        _generate_locked(
+            root, header, n_sessions, slices, size, seed, workers, progress, on_session
+        )
+    return read_cohort(root)
+
+
+def _generate_locked(
+    root: Path,
+    header: dict[str, Any],
+    n_sessions: int,
+    slices: int,
+    size: int,
+    seed: int,
+    workers: int,
+    progress: bool,
+    on_session: Callable[[int], None] | None,
+) -> None:
+    """Body of :func:`generate_cohort`, run while holding the folder's lock."""
     sessions_dir = root / "sessions"
     sessions_dir.mkdir(parents=True, exist_ok=True)
     for stale in sessions_dir.glob(".tmp-*"):
@@ -531,7 +606,6 @@ def generate_cohort(
         root / "cohort.json",
         {**header, "complete": True, "seconds": round(time.perf_counter() - t0, 2)},
     )
-    return read_cohort(root)
 
 
 def read_cohort(path: str | Path) -> Cohort:

@@ -235,3 +235,25 @@ def test_workers_give_identical_cohort(tmp_path, cohort):
         fa = sorted(Path(a.dicom_dir).iterdir())
         fb = sorted(Path(b.dicom_dir).iterdir())
         assert [f.read_bytes() for f in fa] == [f.read_bytes() for f in fb]
+
+
+def test_lock_refuses_a_concurrent_writer_and_takes_over_a_stale_one(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "c"
+    out.mkdir()
+    (out / ".synth.lock").write_text(str(os.getppid()))  # a live process holds it
+    with pytest.raises(SynthesisError, match="another cbctqa synth"):
+        generate_cohort(out, n_sessions=1, progress=False, **KW)
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    (out / ".synth.lock").write_text(dead.stdout.strip())  # its writer is gone
+    cohort = generate_cohort(out, n_sessions=1, progress=False, **KW)
+    assert len(cohort.sessions) == 1
+    assert not (out / ".synth.lock").exists()
