@@ -189,6 +189,10 @@ def sample_settings(rng: np.random.Generator) -> AcquisitionSettings:
     -------
     AcquisitionSettings
     """
+    if not isinstance(rng, np.random.Generator):
+        raise SynthesisError(
+            f"sample_settings needs a numpy Generator (np.random.default_rng(seed)); got {type(rng).__name__}"
+        )
     n_views = int(rng.choice(VIEW_CHOICES, p=(0.3, 0.25, 0.17, 0.12, 0.1, 0.06)))
     dose = float(np.exp(rng.uniform(np.log(1.5e3), np.log(1.5e5))))
     scatter = 0.0 if rng.random() < 0.3 else float(rng.uniform(0.0, 0.7))
@@ -328,6 +332,15 @@ def acquire(
         slices), ``min_counts`` (1st percentile of detected counts), ``n_motion_views``,
         ``n_swallow_views``.
     """
+    if (
+        phantom.hu.ndim != 3
+        or phantom.hu.shape[1] != phantom.hu.shape[2]
+        or phantom.hu.shape[1] < 16
+    ):
+        raise SynthesisError(
+            f"acquire needs a phantom of square slices >= 16 pixels, shaped (slices, N, N); "
+            f"got {phantom.hu.shape}; build it with build_phantom(...)"
+        )
     slices, size, _ = phantom.hu.shape
     proj = _projector(size)
     px = GRID_MM / size

@@ -214,6 +214,10 @@ def sample_anatomy(rng: np.random.Generator) -> PatientAnatomy:
         about half of the patients (1-7 of radius 1.5-3.5 mm, 8 mm tall), 0-3 missing teeth, sizes and
         positions as documented on :class:`PatientAnatomy`.
     """
+    if not isinstance(rng, np.random.Generator):
+        raise SynthesisError(
+            f"sample_anatomy needs a numpy Generator (np.random.default_rng(seed)); got {type(rng).__name__}"
+        )
     n_fill = 0 if rng.random() < 0.45 else int(rng.integers(1, 8))
     teeth = rng.choice(28, size=n_fill, replace=False) if n_fill else np.array([], dtype=int)
     fillings = tuple(
@@ -363,6 +367,11 @@ def upsample_linear(a: npt.NDArray[np.float32], n_out: int, axis: int) -> npt.ND
         coordinate ``(i + 0.5) * n_in / n_out - 0.5`` (clamped to the edge samples).
     """
     n_in = a.shape[axis]
+    if n_in < 2 or n_out < 1:
+        raise SynthesisError(
+            f"upsample_linear needs >= 2 input samples and >= 1 output sample along axis {axis}; "
+            f"got {n_in} -> {n_out}"
+        )
     pos = np.clip((np.arange(n_out) + 0.5) * n_in / n_out - 0.5, 0.0, n_in - 1.0)
     lo = np.minimum(np.floor(pos).astype(np.intp), n_in - 2)
     shape = [1] * a.ndim

@@ -81,6 +81,8 @@ def detector_bins(size: int) -> int:
     int
         ``ceil(size * sqrt(2)) + 3``, rounded up to an even number (bins of one pixel width).
     """
+    if size < 1:
+        raise SynthesisError(f"grid size must be >= 1 pixel; got {size}")
     n = math.ceil(size * math.sqrt(2.0)) + 3
     return n + (n % 2)
 
@@ -136,6 +138,8 @@ def _base_matrix(size: int, n_views: int) -> _BaseMatrix:
 
 def filter_length(n_det: int) -> int:
     """Zero-padded FFT length for ``n_det`` bins: a fast length >= 2 ``n_det`` (even)."""
+    if n_det < 1:
+        raise SynthesisError(f"detector must have >= 1 bin; got {n_det}")
     length = int(sp_fft.next_fast_len(2 * n_det, real=True))
     return length + (length % 2)
 

@@ -31,6 +31,7 @@ from qa_core.synth.projector import (
     FILTER_WINDOWS,
     ParallelBeamProjector,
     detector_bins,
+    filter_length,
     ramp_filter,
 )
 
@@ -111,6 +112,16 @@ def test_projector_errors():
 def test_detector_covers_diagonal():
     for n in (64, 128, 256):
         assert detector_bins(n) >= n * np.sqrt(2) and detector_bins(n) % 2 == 0
+    with pytest.raises(SynthesisError, match="grid size"):
+        detector_bins(0)
+
+
+def test_filter_length_is_fast_and_long_enough():
+    for n in (10, 93, 366):
+        length = filter_length(n)
+        assert length >= 2 * n and length % 2 == 0
+    with pytest.raises(SynthesisError, match="detector"):
+        filter_length(0)
 
 
 # --------------------------------------------------------------------------- units, settings
@@ -133,6 +144,17 @@ def test_settings_validation():
         AcquisitionSettings(fov_radius_mm=500.0)
     with pytest.raises(SynthesisError, match="scatter"):
         AcquisitionSettings(scatter=float("nan"))
+
+
+def test_sample_settings_needs_generator():
+    with pytest.raises(SynthesisError, match="numpy Generator"):
+        sample_settings(None)  # type: ignore[arg-type]
+
+
+def test_acquire_rejects_non_square_phantom(small_phantom):
+    bad = dataclasses.replace(small_phantom, hu=small_phantom.hu[:, :, :32])
+    with pytest.raises(SynthesisError, match="square slices"):
+        acquire(bad, AcquisitionSettings(), np.random.default_rng(0))
 
 
 def test_sample_settings_deterministic_and_in_range():

@@ -18,6 +18,7 @@ from qa_core.synth.phantom import (
     build_phantom,
     category_regions,
     sample_anatomy,
+    upsample_linear,
 )
 
 
@@ -134,6 +135,18 @@ def test_patients_differ_in_size_and_position():
         areas.append(body.sum())
     assert np.ptp(areas) > 0.03 * np.mean(areas)
     assert np.ptp(np.array(centroids), axis=0).max() > 0.5
+
+
+def test_sample_anatomy_needs_generator():
+    with pytest.raises(SynthesisError, match="numpy Generator"):
+        sample_anatomy(3)  # type: ignore[arg-type]
+
+
+def test_upsample_linear_known_answer_and_errors():
+    a = np.array([[0.0, 10.0]], dtype=np.float32)
+    np.testing.assert_allclose(upsample_linear(a, 4, axis=1), [[0.0, 2.5, 7.5, 10.0]])
+    with pytest.raises(SynthesisError, match=">= 2 input samples"):
+        upsample_linear(np.zeros((3, 1), np.float32), 4, axis=1)
 
 
 def test_build_phantom_rejects_bad_sampling(anatomy):
