@@ -92,7 +92,7 @@ REFERENCE_BIN_MM: Final[float] = GRID_MM / 256.0
 #: The per-session distributions of :func:`sample_settings` (recorded in cohort.json).
 SETTING_RANGES: Final[dict[str, str]] = {
     "n_views": "choice (240, 120, 80, 60, 48, 40) with p (0.3, 0.25, 0.17, 0.12, 0.1, 0.06)",
-    "dose": "log-uniform 1.5e3-1.5e5 photons per bin and view (unattenuated)",
+    "dose": "log-uniform 4e3-2e5 photons per bin and view (unattenuated)",
     "scatter": "0 with p 0.3, else uniform 0-0.7 (residual scatter amplitude)",
     "beam_hardening": "uniform 0-0.012",
     "electronic_noise": "uniform 1-5 counts",
@@ -194,7 +194,7 @@ def sample_settings(rng: np.random.Generator) -> AcquisitionSettings:
             f"sample_settings needs a numpy Generator (np.random.default_rng(seed)); got {type(rng).__name__}"
         )
     n_views = int(rng.choice(VIEW_CHOICES, p=(0.3, 0.25, 0.17, 0.12, 0.1, 0.06)))
-    dose = float(np.exp(rng.uniform(np.log(1.5e3), np.log(1.5e5))))
+    dose = float(np.exp(rng.uniform(np.log(4e3), np.log(2e5))))
     scatter = 0.0 if rng.random() < 0.3 else float(rng.uniform(0.0, 0.7))
     moving = rng.random() >= 0.6
     swallowing = rng.random() >= 0.7

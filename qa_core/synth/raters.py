@@ -105,13 +105,13 @@ TASK_CONTRAST_HU: Final[dict[str, float]] = {
 }
 #: Detectability at which the latent quality is 3 (scale midpoint): the median of ``d``
 #: per category over seeded calibration cohorts (seed 11: the mean of the medians of
-#: 60 sessions at 128 x 128 x 32 and 20 sessions at 256 x 256 x 64).
+#: 60 sessions at 128 x 128 x 32 and 14 sessions at 256 x 256 x 64).
 D_MID: Final[dict[str, float]] = {
-    "parotid": 1.6,
-    "submandibular": 1.6,
-    "larynx": 0.97,
-    "mandible": 1.22,
-    "overall": 0.9,
+    "parotid": 1.78,
+    "submandibular": 1.83,
+    "larynx": 1.13,
+    "mandible": 1.24,
+    "overall": 0.96,
 }
 #: Steepness of the logistic curve in log d.
 GAMMA: Final[float] = 2.6
