@@ -14,6 +14,7 @@ method's RMS error against the phantom inside the field of view.
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -105,6 +106,8 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=256)
     args = ap.parse_args()
     n_sessions = args.sessions or (4 if args.quick else 24)
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    print(f"machine: {os.cpu_count()} CPUs, load average {load} (timings scale with contention)")
     dt = bench_cohort(n_sessions, args.slices, args.size, args.workers)
     if n_sessions == 24 and args.slices == 64 and args.size == 256:
         print(f"  target < 120 s: {'met' if dt < 120 else 'NOT met'}")
