@@ -1,0 +1,390 @@
+"""Score XNAT sessions and write the results back: the work the Prefect flows wrap.
+
+One session: choose its CBCT scan, download it and load it with ``load_series``, predict the
+five Likert scores and attribute them in one batched Grad-CAM pass, write the products
+(overlay PNGs, slice-level AE CSV, compressed raw maps) and write one
+``cbctqa:qaAssessmentData`` through the gateway, idempotently. A failure of one session is
+recorded on that session (status ``failed`` with the reason) and never stops the others.
+
+Cohort monitoring: read every assessment and rating of a project in bulk, form the
+consensus, run the study's statistics and the better ones, and write each category's
+outlier flag and reason back onto the assessments.
+
+Everything here is plain Python (no Prefect import), so tasks stay thin wrappers and the
+logic is tested without an orchestration server.
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from qa_core import __version__
+from qa_core.categories import CATEGORIES
+from qa_core.errors import CbctQaError
+from qa_core.logs import redact
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from qa_core.attribution import AttributionResult
+    from qa_core.statistics import CohortAnalysis
+    from qa_core.volume import Volume
+    from xnat_plugin.gateway import (
+        AssessmentRecord,
+        RatingRecord,
+        SessionRef,
+        StoredAssessment,
+        XnatGateway,
+    )
+
+__all__ = [
+    "ScoreOutcome",
+    "analyze_project",
+    "assessment_record",
+    "cohort_rows",
+    "model_version",
+    "score_session",
+    "score_sessions",
+    "write_outlier_flags",
+    "write_products",
+]
+
+logger = logging.getLogger(__name__)
+
+#: Resource labels of an assessment's products.
+OVERLAYS, AE_SLICES, MAPS = "OVERLAYS", "AE_SLICES", "MAPS"
+
+
+@dataclass(frozen=True)
+class ScoreOutcome:
+    """What happened to one session.
+
+    Attributes
+    ----------
+    session_label, session_id:
+        The session scored.
+    status:
+        ``complete`` or ``failed``.
+    assessor_id:
+        Accession ID of the assessment written (``None`` if even the failure could not be
+        recorded in XNAT).
+    scan_id:
+        The scan scored (``""`` when none could be chosen).
+    error:
+        One-line reason when ``failed`` (credentials redacted), else ``""``.
+    duration_s:
+        Wall-clock seconds spent on the session.
+    scores, ae:
+        Category → predicted Likert score and Attribution Energy (empty when failed).
+    """
+
+    session_label: str
+    session_id: str
+    status: str
+    assessor_id: str | None
+    scan_id: str
+    error: str
+    duration_s: float
+    scores: dict[str, float]
+    ae: dict[str, float]
+
+
+def model_version(model: nn.Module) -> str:
+    """The model version written into labels: the card's ``version``, else ``sha-<12 hex>``.
+
+    Raises
+    ------
+    CbctQaError
+        When the model carries no card with a version or sha256 (labels must be stable).
+    """
+    card: dict[str, Any] = getattr(model, "card", None) or {}
+    version = card.get("version")
+    if isinstance(version, str) and version:
+        return version
+    sha = card.get("sha256")
+    if isinstance(sha, str) and len(sha) >= 12:
+        return f"sha-{sha[:12]}"
+    raise CbctQaError(
+        "the model has no card version or sha256, so assessments could not be labelled "
+        "reproducibly; load it with qa_core.load_model(path) next to its .card.json"
+    )
+
+
+def write_products(
+    volume: Volume, result: AttributionResult, out_dir: Path, *, top_k: int = 3
+) -> dict[str, list[Path]]:
+    """Write an assessment's products into ``out_dir`` and return them by resource label.
+
+    ``OVERLAYS``: PNGs of the top-``top_k`` AE slices per category. ``AE_SLICES``:
+    ``slice_ae.csv`` with one row per slice (index 0 most inferior, its z in mm from the
+    first slice, then per category the predicted score and the slice's AE). ``MAPS``:
+    ``cams.npz`` with the raw maps ``cams`` (K, N, h, w) float32, ``categories``, ``method``
+    and ``target_layer`` (compressed).
+    """
+    from qa_core.overlays import write_overlays
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    overlays = write_overlays(volume, result, out_dir / "overlays", top_k=top_k)
+    cats = result.categories
+    csv_path = out_dir / "slice_ae.csv"
+    with csv_path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(
+            ["slice", "z_mm", *[f"{c}_score" for c in cats], *[f"{c}_ae" for c in cats]]
+        )
+        dz = float(volume.spacing[0])
+        for s in range(result.n_slices):
+            writer.writerow(
+                [s, f"{s * dz:.3f}"]
+                + [f"{result.slice_scores[k, s]:.6g}" for k in range(len(cats))]
+                + [f"{result.slice_ae[k, s]:.6g}" for k in range(len(cats))]
+            )
+    maps_path = out_dir / "cams.npz"
+    np.savez_compressed(
+        maps_path,
+        cams=np.asarray(result.cams, dtype=np.float32),
+        categories=np.array(cats),
+        method=np.array(result.method),
+        target_layer=np.array(result.target_layer),
+    )
+    return {OVERLAYS: overlays, AE_SLICES: [csv_path], MAPS: [maps_path]}
+
+
+def assessment_record(
+    result: AttributionResult,
+    volume: Volume,
+    *,
+    scan_id: str,
+    model: nn.Module,
+    duration_s: float,
+) -> AssessmentRecord:
+    """The ``complete`` assessment record of one scored scan (outlier flags not yet known)."""
+    from xnat_plugin.gateway import AssessmentRecord, CategoryAssessment
+
+    card: dict[str, Any] = getattr(model, "card", None) or {}
+    return AssessmentRecord(
+        status="complete",
+        scan_id=scan_id,
+        model_version=model_version(model),
+        series_uid=volume.series_uid,
+        slices=volume.n_slices,
+        spacing=(float(volume.spacing[0]), float(volume.spacing[1]), float(volume.spacing[2])),
+        model_name=str(result.provenance.get("model_name") or type(model).__name__),
+        model_sha256=str(card.get("sha256") or ""),
+        cam_method=result.method,
+        target_layer=result.target_layer,
+        package_version=__version__,
+        duration_s=round(duration_s, 3),
+        categories={
+            c: CategoryAssessment(
+                score=float(result.scores[c]),
+                ae=float(result.ae[c]),
+                ae_per_voxel=float(result.ae_per_voxel[c]),
+            )
+            for c in result.categories
+        },
+    )
+
+
+def score_session(
+    gw: XnatGateway,
+    session: SessionRef,
+    model: nn.Module,
+    *,
+    workdir: Path,
+    method: str = "gradcam",
+    batch_size: int = 16,
+    top_k: int = 3,
+) -> ScoreOutcome:
+    """Score one session and write its assessment (``complete``, or ``failed`` with the reason).
+
+    Project errors (bad DICOM, no CT scan, XNAT refusing a write, ...) are caught, logged
+    with the session named, and recorded on the session as a ``failed`` assessment; the
+    outcome says what happened. Programming errors propagate.
+    """
+    from qa_core.attribution import attribute_volume
+
+    t0 = time.perf_counter()
+    scan_id = ""
+    version = model_version(model)
+    session_dir = workdir / session.label
+    try:
+        scan = gw.select_scan(session)
+        scan_id = scan.scan_id
+        volume = gw.load_session_volume(session, scan_id, dest_dir=session_dir / "download")
+        result = attribute_volume(model, volume, method=method, batch_size=batch_size)
+        products = write_products(volume, result, session_dir / "products", top_k=top_k)
+        record = assessment_record(
+            result, volume, scan_id=scan_id, model=model, duration_s=time.perf_counter() - t0
+        )
+        assessor = gw.write_assessment(session, record, resources=products)
+    except CbctQaError as exc:
+        reason = redact(f"{type(exc).__name__}: {exc}")
+        logger.warning("session %s (%s) failed: %s", session.label, session.session_id, reason)
+        assessor_id: str | None = None
+        try:
+            assessor_id = gw.mark_failed(session, scan_id or "none", version, reason)
+        except CbctQaError as mark_exc:
+            logger.error(
+                "session %s: could not record the failure in XNAT either: %s",
+                session.label,
+                redact(str(mark_exc)),
+            )
+        return ScoreOutcome(
+            session_label=session.label,
+            session_id=session.session_id,
+            status="failed",
+            assessor_id=assessor_id,
+            scan_id=scan_id,
+            error=reason,
+            duration_s=time.perf_counter() - t0,
+            scores={},
+            ae={},
+        )
+    return ScoreOutcome(
+        session_label=session.label,
+        session_id=session.session_id,
+        status="complete",
+        assessor_id=assessor,
+        scan_id=scan_id,
+        error="",
+        duration_s=time.perf_counter() - t0,
+        scores={c: float(v) for c, v in result.scores.items()},
+        ae={c: float(v) for c, v in result.ae.items()},
+    )
+
+
+def score_sessions(
+    gw: XnatGateway,
+    sessions: Sequence[SessionRef],
+    model: nn.Module,
+    *,
+    workdir: Path,
+    method: str = "gradcam",
+    batch_size: int = 16,
+    top_k: int = 3,
+    on_outcome: Callable[[ScoreOutcome], None] | None = None,
+) -> list[ScoreOutcome]:
+    """Score each session in turn (see :func:`score_session`); one failure never stops the rest."""
+    outcomes = []
+    for session in sessions:
+        outcome = score_session(
+            gw, session, model, workdir=workdir, method=method, batch_size=batch_size, top_k=top_k
+        )
+        outcomes.append(outcome)
+        if on_outcome is not None:
+            on_outcome(outcome)
+    return outcomes
+
+
+def cohort_rows(
+    assessments: Iterable[StoredAssessment],
+    ratings: Iterable[RatingRecord],
+    *,
+    model_version: str | None = None,
+    rater_weights: dict[str, float] | None = None,
+) -> list[dict[str, Any]]:
+    """Join complete assessments with the consensus of their session's ratings.
+
+    Returns rows ``{session, category, ae, consensus, predicted}`` for
+    :func:`qa_core.statistics.analyze_table`; sessions without ratings in a category are left
+    out of that category. With ``model_version`` only that model's assessments count.
+    """
+    from qa_core.consensus import consensus_from_ratings
+
+    rating_rows = [
+        {"session": r.session_label, "rater": r.rater, "category": c, "score": s}
+        for r in ratings
+        for c, s in r.scores.items()
+        if s is not None
+    ]
+    consensus: dict[tuple[str, str], float] = {}
+    if rating_rows:
+        table = consensus_from_ratings(rating_rows, rater_weights=rater_weights)
+        consensus = {(v.session, v.category): v.consensus for v in table.values}
+    rows = []
+    for a in assessments:
+        rec = a.record
+        if rec.status != "complete" or (model_version and rec.model_version != model_version):
+            continue
+        for cat in CATEGORIES:
+            res = rec.categories.get(cat)
+            key = (a.session_label, cat)
+            if res is None or key not in consensus or np.isnan(res.ae):
+                continue
+            rows.append(
+                {
+                    "session": a.session_label,
+                    "category": cat,
+                    "ae": res.ae,
+                    "consensus": consensus[key],
+                    "predicted": res.score,
+                }
+            )
+    return rows
+
+
+def analyze_project(
+    gw: XnatGateway,
+    project: str,
+    *,
+    model_version: str | None = None,
+    n_resamples: int = 9999,
+    seed: int = 0,
+) -> tuple[CohortAnalysis, list[StoredAssessment]]:
+    """Bulk-read a project's assessments and ratings (two requests) and analyse AE vs consensus."""
+    from qa_core.statistics import analyze_table
+
+    assessments = gw.read_assessments(project)
+    ratings = gw.read_ratings(project)
+    rows = cohort_rows(assessments, ratings, model_version=model_version)
+    if not rows:
+        raise CbctQaError(
+            f"project {project}: no complete assessment has ratings yet, so there is nothing "
+            "to analyse; score sessions and add radiologists' ratings first"
+        )
+    analysis = analyze_table(rows, n_resamples=n_resamples, seed=seed, skip_small=True)
+    return analysis, assessments
+
+
+def write_outlier_flags(
+    gw: XnatGateway,
+    analysis: CohortAnalysis,
+    assessments: Iterable[StoredAssessment],
+    sessions: dict[str, SessionRef],
+) -> int:
+    """Write each category's outlier flag and reason onto the analysed assessments.
+
+    Only assessments whose flags change are rewritten (idempotent: a second call writes
+    nothing). Returns the number of assessments updated.
+    """
+    flags: dict[tuple[str, str], list[str]] = {}
+    analysed: set[str] = set()
+    for res in analysis.results:
+        analysed.add(res.category)
+        for flag in res.outliers:
+            flags.setdefault((flag.session, res.category), []).append(flag.reason)
+    updated = 0
+    for a in assessments:
+        rec = a.record
+        if rec.status != "complete" or a.session_label not in sessions:
+            continue
+        cats = dict(rec.categories)
+        for cat, res in rec.categories.items():
+            if cat not in analysed:
+                continue
+            reasons = flags.get((a.session_label, cat), [])
+            reason = "; ".join(reasons)[:1000]
+            cats[cat] = replace(res, outlier=bool(reasons), outlier_reason=reason)
+        if cats != dict(rec.categories):
+            gw.write_assessment(sessions[a.session_label], replace(rec, categories=cats))
+            updated += 1
+    return updated
