@@ -53,9 +53,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--cohort-only", action="store_true", help="only simulate the cohort and summarise it"
     )
     p.add_argument("--method", default="gradcam", help="CAM method (default gradcam)")
-    p.add_argument(
-        "--n-resamples", type=int, default=2000, help="permutations/bootstrap resamples"
-    )
+    p.add_argument("--n-resamples", type=int, default=2000, help="permutations/bootstrap resamples")
     p.set_defaults(handler=run)
 
 
@@ -148,8 +146,10 @@ def run_xnat_steps(args: argparse.Namespace, cohort: Cohort) -> dict[str, Any]:
         gw.xnat.put(f"/data/projects/{DEMO_PROJECT}", accepted_status=[200, 201])
         t0 = time.perf_counter()
         sessions = _import_sessions(gw, cohort)
-        print(f"imported {len(sessions)} sessions into project {DEMO_PROJECT} "
-              f"({time.perf_counter() - t0:.1f} s)")
+        print(
+            f"imported {len(sessions)} sessions into project {DEMO_PROJECT} "
+            f"({time.perf_counter() - t0:.1f} s)"
+        )
         n_ratings = 0
         for s in cohort.sessions:
             for rater, scores in s.ratings.items():
@@ -180,8 +180,10 @@ def run_xnat_steps(args: argparse.Namespace, cohort: Cohort) -> dict[str, Any]:
         flagged = write_outlier_flags(gw, analysis, assessments, sessions)
         print()
         print(format_report(analysis))
-        print(f"\noutlier flags written to {flagged} assessment(s); "
-              f"{len(left)} session(s) still need scoring")
+        print(
+            f"\noutlier flags written to {flagged} assessment(s); "
+            f"{len(left)} session(s) still need scoring"
+        )
         summary = {
             "project": DEMO_PROJECT,
             "model_version": version,
@@ -191,23 +193,26 @@ def run_xnat_steps(args: argparse.Namespace, cohort: Cohort) -> dict[str, Any]:
             "still_to_score": [ref.label for ref in left],
             "outlier_assessments_updated": flagged,
             "analysis": analysis.to_dict(),
-            "requests": {"attempts": gw.request_counts.attempts,
-                         "retries": gw.request_counts.retries},
+            "requests": {
+                "attempts": gw.request_counts.attempts,
+                "retries": gw.request_counts.retries,
+            },
         }
     return summary
 
 
 def run(args: argparse.Namespace) -> int:
-    cohort = run_cohort_step(args)
-    if args.cohort_only:
-        return 0
     if args.n_resamples < 100:
         from qa_core.errors import ConfigurationError
 
         raise ConfigurationError(f"--n-resamples must be >= 100; got {args.n_resamples}")
+    cohort = run_cohort_step(args)
+    if args.cohort_only:
+        return 0
     summary = run_xnat_steps(args, cohort)
     out = args.out / "summary.json"
-    out.write_text(json.dumps(summary, sort_keys=True, indent=2, default=str) + "\n",
-                   encoding="utf-8")
+    out.write_text(
+        json.dumps(summary, sort_keys=True, indent=2, default=str) + "\n", encoding="utf-8"
+    )
     print(f"summary: {out}", file=sys.stderr)
     return 0 if all(o["status"] == "complete" for o in summary["scored"]) else 1
