@@ -2,7 +2,7 @@
 
 Each image shows one axial slice, HU-windowed in grey, with that slice's raw Grad-CAM map
 for one category upsampled bilinearly to the slice and drawn semi-transparently over it,
-a colour bar in raw-map units (the same scale for every slice of that category, from 0 to
+cells where the map is zero left uncoloured, a colour bar in raw-map units (the same scale for every slice of that category, from 0 to
 the category's largest map cell in the volume, so brightness compares across its slices),
 and a title with the category, slice index, slice AE, volume AE and predicted score.
 
@@ -185,7 +185,7 @@ def write_overlays(
                 img = _square_pad(np.clip(img, lo, hi), lo)
             rows, cols = img.shape
             heat = upsample_map(result.cams[k, s], (rows, cols))
-            fig = Figure(figsize=(5.0, 4.4), dpi=dpi)
+            fig = Figure(figsize=(5.0, 4.4), dpi=dpi, layout="constrained")
             FigureCanvasAgg(fig)
             ax = fig.add_subplot(1, 1, 1)
             ax.imshow(img, cmap="gray", vmin=lo, vmax=hi, interpolation="nearest")
