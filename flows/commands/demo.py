@@ -30,7 +30,7 @@ import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flows.commands.synth import add_cohort_arguments, print_summary, validate_args
+from flows.commands.synth import add_cohort_arguments, generate_and_summarise
 
 if TYPE_CHECKING:
     from qa_core.synth import Cohort
@@ -65,21 +65,7 @@ def run_cohort_step(args: argparse.Namespace) -> Cohort:
     qa_core.synth.Cohort
         The cohort, for the steps that follow.
     """
-    from qa_core.synth import generate_cohort
-
-    validate_args(args)
-    t0 = time.perf_counter()
-    cohort = generate_cohort(
-        args.out / "cohort",
-        n_sessions=args.sessions,
-        slices=args.slices,
-        size=args.size,
-        seed=args.seed,
-        workers=args.workers,
-        progress=not args.no_progress,
-    )
-    print_summary(cohort, time.perf_counter() - t0)
-    return cohort
+    return generate_and_summarise(args, args.out / "cohort")
 
 
 def _admin_password(xnat_dir: Path) -> str:

@@ -10,7 +10,14 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from qa_core.synth import Cohort
 
-__all__ = ["add_cohort_arguments", "print_summary", "register", "run", "validate_args"]
+__all__ = [
+    "add_cohort_arguments",
+    "generate_and_summarise",
+    "print_summary",
+    "register",
+    "run",
+    "validate_args",
+]
 
 
 def add_cohort_arguments(
@@ -90,13 +97,14 @@ def print_summary(cohort: Cohort, seconds: float) -> None:
         print(f"  {cat:14s} {sum(vals) / n:6.2f} {min(vals):6.2f} {max(vals):6.2f}")
 
 
-def run(args: argparse.Namespace) -> int:
+def generate_and_summarise(args: argparse.Namespace, out: Path) -> Cohort:
+    """Validate the cohort arguments, generate (or resume) the cohort in ``out``, print its summary."""
     from qa_core.synth import generate_cohort
 
     validate_args(args)
     t0 = time.perf_counter()
     cohort = generate_cohort(
-        args.out,
+        out,
         n_sessions=args.sessions,
         slices=args.slices,
         size=args.size,
@@ -105,4 +113,9 @@ def run(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print_summary(cohort, time.perf_counter() - t0)
+    return cohort
+
+
+def run(args: argparse.Namespace) -> int:
+    generate_and_summarise(args, args.out)
     return 0

@@ -82,7 +82,7 @@ def test_synth_refuses_non_empty_foreign_folder(
 
 def test_demo_generates_small_cohort(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), "--sessions", "1", *TINY]) == 0
+    assert main(["demo", "--out", str(out), "--sessions", "1", "--cohort-only", *TINY]) == 0
     text = capsys.readouterr().out
     assert "1 sessions x 8 slices x 64^2" in text
     meta = json.loads((out / "cohort" / "cohort.json").read_text())
