@@ -115,6 +115,7 @@ def run_xnat_steps(args: argparse.Namespace, cohort: Cohort) -> dict[str, Any]:
     """Steps 2–4 against a local XNAT in this process; returns the summary written to disk."""
     from flows.commands.analyze import format_report
     from flows.scoring import analyze_project, model_version, score_sessions, write_outlier_flags
+    from qa_core.errors import StatisticsError
     from qa_core.model import load_model
     from xnat_plugin.gateway import XnatGateway
     from xnat_plugin.server import ServerConfig, run_in_thread
@@ -160,12 +161,23 @@ def run_xnat_steps(args: argparse.Namespace, cohort: Cohort) -> dict[str, Any]:
         print(f"scored in {time.perf_counter() - t0:.1f} s")
         left = gw.find_sessions_to_score(DEMO_PROJECT, model_version=version)
 
-        analysis, assessments = analyze_project(
-            gw, DEMO_PROJECT, model_version=version, n_resamples=args.n_resamples, seed=args.seed
-        )
-        flagged = write_outlier_flags(gw, analysis, assessments, sessions)
-        print()
-        print(format_report(analysis))
+        analysis_doc: dict[str, Any] | None = None
+        flagged = 0
+        try:
+            analysis, assessments = analyze_project(
+                gw,
+                DEMO_PROJECT,
+                model_version=version,
+                n_resamples=args.n_resamples,
+                seed=args.seed,
+            )
+        except StatisticsError as exc:  # e.g. fewer than 4 volumes: say so, keep the rest
+            print(f"\nanalysis skipped: {exc}")
+        else:
+            flagged = write_outlier_flags(gw, analysis, assessments, sessions)
+            analysis_doc = analysis.to_dict()
+            print()
+            print(format_report(analysis))
         print(
             f"\noutlier flags written to {flagged} assessment(s); "
             f"{len(left)} session(s) still need scoring"
@@ -178,7 +190,7 @@ def run_xnat_steps(args: argparse.Namespace, cohort: Cohort) -> dict[str, Any]:
             "scored": [o.__dict__ for o in outcomes],
             "still_to_score": [ref.label for ref in left],
             "outlier_assessments_updated": flagged,
-            "analysis": analysis.to_dict(),
+            "analysis": analysis_doc,
             "requests": {
                 "attempts": gw.request_counts.attempts,
                 "retries": gw.request_counts.retries,

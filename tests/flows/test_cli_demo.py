@@ -70,3 +70,26 @@ def test_demo_refuses_too_few_resamples(tmp_path, capsys) -> None:
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--n-resamples" in err[0]
+
+
+def test_demo_with_too_few_sessions_scores_and_skips_the_analysis(tmp_path, capsys) -> None:
+    argv = [
+        "demo",
+        "--out",
+        str(tmp_path),
+        "--sessions",
+        "2",
+        "--slices",
+        "8",
+        "--size",
+        "64",
+        "--n-resamples",
+        "200",
+        "--no-progress",
+    ]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "analysis skipped" in out and "at least 4" in out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert [s["status"] for s in summary["scored"]] == ["complete", "complete"]
+    assert summary["analysis"] is None
