@@ -29,6 +29,7 @@ def test_empty_cohort_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert "cbctqa train: error:" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_train_end_to_end_on_tiny_cohort(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     import torch
 

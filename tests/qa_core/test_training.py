@@ -156,6 +156,7 @@ def test_evaluate_needs_two_volumes() -> None:
 # --- training ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_training_is_reproducible_and_seed_dependent() -> None:
     samples = _cohort()
     state_before = torch.random.get_rng_state()
@@ -266,6 +267,7 @@ def test_user_cohort_errors(user_cohort: Path) -> None:
         read_rated_cohort(user_cohort / "nope")
 
 
+@pytest.mark.slow
 def test_train_from_cohort_writes_loadable_reproducible_checkpoint(tiny_cohort: Path, tmp_path: Path) -> None:
     a = train_from_cohort(tiny_cohort, tmp_path / "a.pt", TINY, device="cpu", command="cmd", heldout_dir=tiny_cohort, progress=False)
     b = train_from_cohort(tiny_cohort, tmp_path / "b.pt", TINY, device="cpu", command="cmd", progress=False)
