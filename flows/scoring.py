@@ -368,10 +368,10 @@ def write_outlier_flags(
     """
     flags: dict[tuple[str, str], list[str]] = {}
     analysed: set[str] = set()
-    for res in analysis.results:
-        analysed.add(res.category)
-        for flag in res.outliers:
-            flags.setdefault((flag.session, res.category), []).append(flag.reason)
+    for cat_result in analysis.results:
+        analysed.add(cat_result.category)
+        for flag in cat_result.outliers:
+            flags.setdefault((flag.session, cat_result.category), []).append(flag.reason)
     updated = 0
     for a in assessments:
         rec = a.record

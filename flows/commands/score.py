@@ -88,7 +88,7 @@ def files_sha256(provenance: dict[str, Any]) -> tuple[str | None, str]:
     h = hashlib.sha256()
     for f in sorted(files):
         with f.open("rb") as fh:
-            for block in iter(lambda fh=fh: fh.read(1 << 20), b""):
+            while block := fh.read(1 << 20):
                 h.update(block)
     return h.hexdigest(), scope
 

@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    versions = {}
+    versions: dict[str, str | None] = {}
     for lib in _LIBS:
         try:
             versions[lib] = metadata.version(lib)
