@@ -365,7 +365,8 @@ class EvaluationReport:
         """JSON-ready form (NaN becomes ``None``)."""
 
         def clean(v: float) -> float | None:
-            return None if math.isnan(v) else round(v, 6)
+            # 6 significant digits: p values of 1e-10 must not round to 0
+            return None if math.isnan(v) else float(f"{v:.6g}")
 
         return {
             "metrics": {
