@@ -134,18 +134,25 @@ def test_evaluate_constant_model_known_answer() -> None:
 
 
 def test_evaluate_matches_scipy_on_volume_means() -> None:
-    model = LikertCNN(widths=(4, 4, 8, 8), hidden=4).eval()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)  # a fixed random model whose volume means all differ
+        model = LikertCNN(widths=(4, 4, 8, 8), hidden=4).eval()
     samples = _cohort(5, slices=3)
     report = evaluate_samples(model, samples, device="cpu")
     with torch.no_grad():
         means = np.stack([model(s.slices).mean(0).numpy() for s in samples])
     cons = np.array([s.consensus for s in samples])
     for k, m in enumerate(report.metrics):
+        assert not m.warning
         ref = stats.spearmanr(means[:, k], cons[:, k])
         assert m.spearman_rho == pytest.approx(ref.statistic)
         assert m.spearman_p == pytest.approx(ref.pvalue)
         assert m.mae == pytest.approx(np.abs(means[:, k] - cons[:, k]).mean(), rel=1e-5)
     assert "parotid" in report.table()
+    # JSON form keeps 6 significant digits, so tiny p values never round to 0
+    d = report.as_dict()["metrics"]
+    for m in report.metrics:
+        assert d[m.category]["spearman_p"] == float(f"{m.spearman_p:.6g}")
 
 
 def test_evaluate_needs_two_volumes() -> None:
