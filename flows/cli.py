@@ -29,6 +29,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "flows.commands.train",
     "flows.commands.score",
     "flows.commands.analyze",
+    "flows.commands.validate",
     "flows.commands.xnat_server",
     "flows.commands.demo",
 )
