@@ -14,7 +14,7 @@ that (b)'s normalised maps equal ours after pytorch-grad-cam's own resize + min-
 
 Run::
 
-    python benchmarks/bench_attribution.py [--slices 160] [--batch-size 16] [--repeats 5]
+    python benchmarks/bench_attribution.py [--slices 160] [--batch-size 32] [--repeats 5]
         [--threads N] [--device auto|cpu|cuda] [--method gradcam] [--weighting auto]
         [--json OUT]
 """
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--slices", type=int, default=160)
-    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument(
         "--repeats", type=int, default=5, help="rounds of (a) and (c); (b) runs half as often"
     )

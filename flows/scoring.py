@@ -201,7 +201,7 @@ def score_session(
     *,
     workdir: Path,
     method: str = "gradcam",
-    batch_size: int = 16,
+    batch_size: int = 32,
     top_k: int = 3,
 ) -> ScoreOutcome:
     """Score one session and write its assessment (``complete``, or ``failed`` with the reason).
@@ -269,7 +269,7 @@ def score_sessions(
     *,
     workdir: Path,
     method: str = "gradcam",
-    batch_size: int = 16,
+    batch_size: int = 32,
     top_k: int = 3,
     on_outcome: Callable[[ScoreOutcome], None] | None = None,
 ) -> list[ScoreOutcome]:

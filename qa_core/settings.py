@@ -38,7 +38,7 @@ class Settings(BaseSettings):
     device: str = "auto"
     """Torch device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda[:N]``."""
 
-    batch_size: int = Field(16, ge=1, le=4096)
+    batch_size: int = Field(32, ge=1, le=4096)
     """Slices per batch for prediction and Grad-CAM."""
 
     cam_method: str = "gradcam"

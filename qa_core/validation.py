@@ -112,7 +112,7 @@ def validate_cohort(
     cohort_dir: str | Path,
     *,
     method: str = "gradcam",
-    batch_size: int = 16,
+    batch_size: int = 32,
     n_resamples: int = 9999,
     seed: int = 0,
     on_session: Callable[[str], None] | None = None,

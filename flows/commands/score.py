@@ -63,7 +63,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int,
         default=None,
         metavar="B",
-        help="slices per batch (default CBCTQA_BATCH_SIZE or 16)",
+        help="slices per batch (default CBCTQA_BATCH_SIZE or 32)",
     )
     p.add_argument(
         "--device", default=None, help="auto, cpu or cuda[:N] (default CBCTQA_DEVICE or auto)"

@@ -30,7 +30,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--model", type=Path, default=None, metavar="CKPT", help="checkpoint (default: shipped)"
     )
     p.add_argument("--method", default="gradcam", help="CAM method (default gradcam)")
-    p.add_argument("--batch-size", type=int, default=16, metavar="B", help="slices per batch")
+    p.add_argument(
+        "--batch-size", type=int, default=32, metavar="B", help="slices per batch (default 32)"
+    )
     p.add_argument("--device", default=None, help="auto, cpu or cuda[:N]")
     p.add_argument(
         "--n-resamples", type=int, default=9999, metavar="N", help="resamples (default 9999)"

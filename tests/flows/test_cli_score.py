@@ -90,7 +90,7 @@ def test_score_table_json_and_overlays(
     assert prov["model"]["sha256"] == sha256_file(DEFAULT_MODEL_PATH)
     assert prov["attribution"]["method"] == "gradcam" == doc["method"]
     assert prov["settings"] == {
-        "batch_size": 16,
+        "batch_size": 32,
         "device": "cpu",
         "method": "gradcam",
         "series": None,
