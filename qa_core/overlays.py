@@ -31,7 +31,9 @@ from qa_core.volume import Volume
 __all__ = ["DEFAULT_HU_WINDOW", "top_slices", "upsample_map", "write_overlays"]
 
 #: Display window (HU) when neither the caller nor the result's provenance gives one.
-DEFAULT_HU_WINDOW: tuple[float, float] = (-1000.0, 1000.0)
+#: Grey window of the overlays when none is given: the radiologists' soft-tissue window
+#: (W 400, L 40 HU), in which glands, muscle, fat and airway are told apart; bone saturates.
+DEFAULT_HU_WINDOW: tuple[float, float] = (-160.0, 240.0)
 
 
 def top_slices(result: AttributionResult, category: str, top_k: int) -> list[int]:
@@ -86,10 +88,7 @@ def _display_slices(
 ) -> tuple[Any, tuple[float, float], str, bool]:
     """(indexable slices, grey range, grey label, whether to square-pad with the low end)."""
     if isinstance(source, Volume):
-        window = hu_window
-        if window is None:
-            prov = result.provenance.get("hu_window")
-            window = (float(prov[0]), float(prov[1])) if prov else DEFAULT_HU_WINDOW
+        window = DEFAULT_HU_WINDOW if hu_window is None else hu_window
         if not (np.isfinite(window[0]) and np.isfinite(window[1]) and window[1] > window[0]):
             raise AttributionError(f"HU window must be (low, high) with high > low; got {window!r}")
         return source.hu, (float(window[0]), float(window[1])), "HU", True
@@ -137,8 +136,8 @@ def write_overlays(
     dpi:
         Resolution of the PNG (figure is 5 × 4.4 inches).
     hu_window:
-        Grey window in HU; default: the model's window recorded in
-        ``result.provenance["hu_window"]``, else (-1000, 1000).
+        Grey window in HU; default :data:`DEFAULT_HU_WINDOW`, the soft-tissue window
+        (-160, 240). Pass ``result.provenance["hu_window"]`` to see what the model saw.
     alpha, cmap:
         Opacity and matplotlib colormap of the map.
 
