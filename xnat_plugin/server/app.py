@@ -81,6 +81,8 @@ _XML_CHILD_COLLECTIONS = {"scans", "assessors", "resources", "out", "in", "exper
 _KIND_OF_COLLECTION = {"subjects": "subject", "experiments": "experiment", "scans": "scan",
                        "assessors": "assessor", "projects": "project"}
 _LIST_KINDS = {"experiment", "assessor"}
+#: most bytes of a login form (``PUT /data/services/auth``), read before anyone is logged in
+_LOGIN_BODY_LIMIT = 64 * 1024
 
 
 class HttpError(CbctQaError):
@@ -273,6 +275,24 @@ class XnatApp:
         except Exception as exc:  # a server bug: answer 500 with a short message, log it
             log.exception("internal error on %s %s", req.method, redact(req.path))
             return Response.text(f"Internal server error: {type(exc).__name__}: {exc}", 500)
+
+    def body_limit(self, path: str, headers: dict[str, str], cookies: dict[str, str]) -> int:
+        """Most bytes a request to ``path`` may send, checked before its body is read.
+
+        A login form is small (:data:`_LOGIN_BODY_LIMIT`); every other body needs a valid
+        session cookie or Basic credentials first.
+
+        Raises
+        ------
+        HttpError
+            401 for a body from a client that is not logged in.
+        """
+        if path == "/data/services/auth":
+            return _LOGIN_BODY_LIMIT
+        probe = Request(method="", path=path, query={}, headers=headers, body=io.BytesIO(),
+                        body_size=0, cookies=cookies)
+        self._authenticate(probe)
+        return self.config.max_body_bytes
 
     def _authenticate(self, req: Request) -> None:
         token = req.cookies.get("JSESSIONID")
@@ -1370,8 +1390,8 @@ class XnatApp:
                             ctype = mimetypes.guess_type(f.path)[0] or "application/octet-stream"
                             resp = Response(file=self.store.file_path(f.resource_pk, f.stored_name),
                                             content_type=ctype)
-                            resp.headers.append(("Content-Disposition",
-                                                 f'attachment; filename="{f.path.rsplit("/", 1)[-1]}"'))
+                            resp.headers.append(("Content-Disposition", _attachment(
+                                f.path.rsplit("/", 1)[-1])))
                             return resp
             raise HttpError(404, f"File {path} not found in {node.describe()}")
         if method in {"PUT", "POST"}:
@@ -1748,8 +1768,22 @@ def _multipart(req: Request) -> list[tuple[str | None, str | None, str | None, b
 def _zip_response(entries: list[tuple[str, Path]], filename: str, folder: Path) -> Response:
     resp = Response(file=build_zip(entries, folder), delete_file=True,
                     content_type="application/zip")
-    resp.headers.append(("Content-Disposition", f'attachment; filename="{filename}"'))
+    resp.headers.append(("Content-Disposition", _attachment(filename)))
     return resp
+
+
+def _attachment(filename: str) -> str:
+    """A ``Content-Disposition`` value for ``filename``.
+
+    In the plain ``filename`` control characters (a CR/LF would split the header), quotes,
+    backslashes and non-ASCII characters (headers go out as Latin-1) become ``_``; a name
+    that is not plain ASCII also gets the exact name as RFC 5987 ``filename*``.
+    """
+    safe = "".join("_" if ord(ch) < 0x20 or ord(ch) >= 0x7F or ch in '"\\' else ch
+                   for ch in filename)
+    if safe == filename:
+        return f'attachment; filename="{safe}"'
+    return f"attachment; filename=\"{safe}\"; filename*=UTF-8''{urllib.parse.quote(filename, safe='')}"
 
 
 # -- HTTP ------------------------------------------------------------------------------------
@@ -1781,8 +1815,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:
         log.debug("%s %s", self.address_string(), redact(format % args))
 
-    def _read_body(self) -> tuple[IO[bytes], int]:
-        limit = self.server.app.config.max_body_bytes
+    def _read_body(self, limit: int) -> tuple[IO[bytes], int]:
         spool: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=32 * 1024 * 1024)  # noqa: SIM115 - closed by _handle
         size = 0
         if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
@@ -1790,7 +1823,12 @@ class _Handler(BaseHTTPRequestHandler):
                 line = self.rfile.readline(65537)
                 if not line:
                     break
-                chunk_len = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                try:
+                    chunk_len = int(line.split(b";", 1)[0].strip() or b"0", 16)
+                except ValueError as exc:
+                    raise HttpError(400, f"malformed chunk size {line[:20]!r}") from exc
+                if chunk_len < 0:
+                    raise HttpError(400, f"malformed chunk size {line[:20]!r}")
                 if chunk_len == 0:
                     while True:  # trailers
                         trailer = self.rfile.readline(65537)
@@ -1809,7 +1847,10 @@ class _Handler(BaseHTTPRequestHandler):
                     raise HttpError(413, f"request body exceeds {limit} bytes")
                 self.rfile.readline(3)  # CRLF after the chunk
         else:
-            length = int(self.headers.get("Content-Length") or 0)
+            text = (self.headers.get("Content-Length") or "0").strip()
+            if not text.isdigit():
+                raise HttpError(400, f"Content-Length {text[:20]!r} is not a byte count")
+            length = int(text)
             if length > limit:
                 raise HttpError(413, f"request body of {length} bytes exceeds {limit} bytes")
             remaining = length
@@ -1833,13 +1874,25 @@ class _Handler(BaseHTTPRequestHandler):
             name, sep, value = chunk.strip().partition("=")
             if sep:
                 cookies[name] = value
+        path = _normalise_path(parsed.path)
+        has_body = "chunked" in (self.headers.get("Transfer-Encoding") or "").lower() \
+            or (self.headers.get("Content-Length") or "0").strip() not in {"", "0"}
         try:
-            body, size = self._read_body()
+            # who may send a body is decided before reading it: an anonymous client must not
+            # be able to make the server spool gigabytes to disk
+            limit = self.server.app.body_limit(path, headers, cookies) if has_body \
+                else self.server.app.config.max_body_bytes
+            body, size = self._read_body(limit)
         except HttpError as exc:
-            self._send(Response.text(exc.message, exc.status))
+            resp = Response.text(exc.message, exc.status)
+            if exc.status == 401:
+                resp.headers.append(("WWW-Authenticate", 'Basic realm="XNAT"'))
+            log.info("%s %s -> %d (%.1f ms)", self.command, redact(parsed.path), resp.status,
+                     1000 * (time.monotonic() - started))
             self.close_connection = True
+            self._send(resp)
             return
-        req = Request(method=self.command, path=_normalise_path(parsed.path), query=query,
+        req = Request(method=self.command, path=path, query=query,
                       headers=headers, body=body, body_size=size, cookies=cookies)
         try:
             resp = self.server.app.handle(req)

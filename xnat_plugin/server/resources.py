@@ -72,7 +72,8 @@ def clean_relative_path(path: str, what: str) -> str:
     Raises
     ------
     UnsafePathError
-        When the path is empty, absolute, or climbs out of its folder.
+        When the path is empty, absolute, climbs out of its folder or holds control
+        characters.
     """
     text = path.replace("\\", "/")
     if text.startswith("/") or (len(text) > 1 and text[1] == ":"):
@@ -80,6 +81,9 @@ def clean_relative_path(path: str, what: str) -> str:
     norm = posixpath.normpath(text)
     if norm in {"", "."} or norm.startswith("../") or norm == ".." or "\x00" in norm:
         raise UnsafePathError(f"{what}: path {path!r} leaves its folder; remove '..' parts")
+    if any(ord(ch) < 0x20 or ord(ch) == 0x7F for ch in norm):
+        # a CR/LF in a name would end up in the Content-Disposition header of its download
+        raise UnsafePathError(f"{what}: path {path!r} contains control characters; rename the file")
     return norm
 
 

@@ -1,0 +1,96 @@
+"""Security regressions of the local XNAT server: header injection through file names, bodies
+from anonymous clients, and malformed framing."""
+
+from __future__ import annotations
+
+import base64
+import socket
+from collections.abc import Iterator
+
+import pytest
+import requests
+
+from xnat_plugin.server import RunningServer
+from xnat_plugin.server.resources import UnsafePathError, clean_relative_path
+
+P = "SECP"
+
+
+@pytest.fixture(scope="module")
+def admin(xnat_server: RunningServer) -> Iterator[requests.Session]:
+    session = requests.Session()
+    session.auth = (xnat_server.user, xnat_server.password)
+    assert session.put(f"{xnat_server.url}/data/projects/{P}", timeout=10).status_code == 201
+    yield session
+    session.close()
+
+
+def _raw(server: RunningServer, request: bytes, timeout: float = 5.0) -> bytes:
+    """Send ``request`` on a fresh socket and return what the server answers first."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=timeout) as sock:
+        sock.sendall(request)
+        return sock.recv(4096)
+
+
+def test_crlf_in_file_name_is_refused(admin: requests.Session, xnat_server: RunningServer) -> None:
+    base = f"{xnat_server.url}/data/projects/{P}/resources/R/files/"
+    bad = admin.put(base + "a%0d%0aSet-Cookie:%20evil=1", data=b"x", timeout=10)
+    assert bad.status_code == 400 and "control characters" in bad.text
+    listing = admin.get(f"{xnat_server.url}/data/projects/{P}/resources/R/files",
+                        params={"format": "json"}, timeout=10)
+    assert "evil" not in listing.text
+    for name in ("a\rb", "a\nb", "x/\tb", "del\x7f"):
+        with pytest.raises(UnsafePathError, match="control characters"):
+            clean_relative_path(name, "test")
+
+
+def test_non_ascii_file_name_downloads_with_safe_header(admin: requests.Session,
+                                                        xnat_server: RunningServer) -> None:
+    base = f"{xnat_server.url}/data/projects/{P}/resources/U/files/"
+    name = 'sch\u00e4del "\u4e2d".txt'
+    assert admin.put(base + requests.utils.quote(name), data=b"abc", timeout=10).status_code == 201
+    uri = admin.get(f"{xnat_server.url}/data/projects/{P}/resources/U/files",
+                    params={"format": "json"}, timeout=10).json()["ResultSet"]["Result"][0]["URI"]
+    got = admin.get(xnat_server.url + uri, timeout=10)
+    assert got.status_code == 200 and got.content == b"abc"
+    disposition = got.headers["Content-Disposition"]
+    assert disposition.startswith("attachment; filename=\"sch_del ___.txt\"; filename*=UTF-8''")
+    assert requests.utils.unquote(disposition.split("UTF-8''", 1)[1]) == name
+
+
+def test_anonymous_body_is_refused_before_it_is_read(xnat_server: RunningServer) -> None:
+    # a 100 GB upload announced without credentials: answered at once, nothing is read
+    head = _raw(xnat_server, b"PUT /data/projects/X/resources/R/files/big HTTP/1.1\r\n"
+                             b"Host: x\r\nContent-Length: 100000000000\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 401")
+    forged = _raw(xnat_server, b"POST /data/services/import?PROJECT_ID=X HTTP/1.1\r\nHost: x\r\n"
+                               b"Cookie: JSESSIONID=0123456789ABCDEF0123456789ABCDEF\r\n"
+                               b"Transfer-Encoding: chunked\r\n\r\n")
+    assert forged.startswith(b"HTTP/1.1 401")
+    # the login form itself is capped
+    login = _raw(xnat_server, b"PUT /data/services/auth HTTP/1.1\r\nHost: x\r\n"
+                              b"Content-Length: 10000000\r\n\r\n")
+    assert login.startswith(b"HTTP/1.1 413")
+
+
+def test_logged_in_body_still_accepted(admin: requests.Session,
+                                       xnat_server: RunningServer) -> None:
+    url = f"{xnat_server.url}/data/projects/{P}/resources/B/files/b.bin"
+    assert admin.put(url, data=b"\0" * 70_000, timeout=10).status_code == 201
+    token = admin.get(f"{xnat_server.url}/data/JSESSION", timeout=10).text
+    by_cookie = requests.put(url, params={"overwrite": "true"}, data=b"y",
+                             cookies={"JSESSIONID": token}, timeout=10)
+    assert by_cookie.status_code == 200
+    assert admin.get(url, timeout=10).content == b"y"
+
+
+def test_malformed_content_length_and_chunk_size_answer_400(xnat_server: RunningServer) -> None:
+    auth = b"Authorization: Basic " + base64.b64encode(
+        f"{xnat_server.user}:{xnat_server.password}".encode()) + b"\r\n"
+    bad_length = _raw(xnat_server, b"PUT /data/projects/Y HTTP/1.1\r\nHost: x\r\n" + auth
+                      + b"Content-Length: abc\r\n\r\n")
+    assert bad_length.startswith(b"HTTP/1.1 400")
+    bad_chunk = _raw(xnat_server, b"PUT /data/projects/Y HTTP/1.1\r\nHost: x\r\n" + auth
+                     + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n")
+    assert bad_chunk.startswith(b"HTTP/1.1 400")
+
