@@ -4,8 +4,11 @@ from anonymous clients, and malformed framing."""
 from __future__ import annotations
 
 import base64
+import io
 import socket
-from collections.abc import Iterator
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 import requests
@@ -94,3 +97,26 @@ def test_malformed_content_length_and_chunk_size_answer_400(xnat_server: Running
                      + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n")
     assert bad_chunk.startswith(b"HTTP/1.1 400")
 
+
+
+def test_dicom_import_stores_normalised_member_names(
+        admin: requests.Session, xnat_server: RunningServer, tmp_path: Path,
+        make_dicom_zip: Callable[..., tuple[bytes, list[Path]]]) -> None:
+    # Windows-style member names with '..' parts: stored (and zipped back) by their plain name
+    _, files = make_dicom_zip(tmp_path, seed="sec1", patient="SECPAT")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for i, path in enumerate(files):
+            archive.write(path, f"dir\\..\\x{i}.dcm")
+    made = admin.post(f"{xnat_server.url}/data/services/import",
+                      params={"PROJECT_ID": P, "SUBJECT_ID": "SECS", "EXPT_LABEL": "SECE"},
+                      data=buf.getvalue(), timeout=30)
+    assert made.status_code == 200
+    base = f"{xnat_server.url}/data/projects/{P}/experiments/SECE/scans/ALL/files"
+    names = {row["Name"] for row in admin.get(base, params={"format": "json"},
+                                              timeout=10).json()["ResultSet"]["Result"]}
+    assert names == {f"x{i}.dcm" for i in range(len(files))}
+    download = admin.get(base, params={"format": "zip"}, timeout=30)
+    members = zipfile.ZipFile(io.BytesIO(download.content)).namelist()
+    assert len(members) == len(files)
+    assert not any("\\" in m or ".." in m.split("/") for m in members)

@@ -117,7 +117,7 @@ def read_dicom_zip(source: IO[bytes], limits: ZipLimits) -> tuple[ImportedSessio
         skipped = 0
         used_names: dict[str, set[str]] = {}
         for member in members:
-            clean_relative_path(member.filename, "DICOM zip member")
+            clean_name = clean_relative_path(member.filename, "DICOM zip member")
             with archive.open(member) as handle:
                 try:
                     ds = pydicom.dcmread(handle, stop_before_pixels=True)
@@ -161,7 +161,8 @@ def read_dicom_zip(source: IO[bytes], limits: ZipLimits) -> tuple[ImportedSessio
                 series[uid] = ImportedScan(scan_id=number, xsi_type=scan_type, fields=fields)
                 order.append(uid)
                 used_names[uid] = set()
-            name = PurePosixPath(member.filename).name
+            # the normalised path's last part: a raw name could keep '\\..\\' parts
+            name = PurePosixPath(clean_name).name
             if name in used_names[uid]:
                 name = f"{len(used_names[uid])}_{name}"
             used_names[uid].add(name)
