@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from xnat_plugin.server import RunningServer
+from xnat_plugin.server.app import AppConfig, Request, XnatApp
 from xnat_plugin.server.resources import UnsafePathError, clean_relative_path
 
 P = "SECP"
@@ -120,3 +121,28 @@ def test_dicom_import_stores_normalised_member_names(
     members = zipfile.ZipFile(io.BytesIO(download.content)).namelist()
     assert len(members) == len(files)
     assert not any("\\" in m or ".." in m.split("/") for m in members)
+
+
+def test_bodies_read_into_memory_are_capped(tmp_path: Path) -> None:
+    app = XnatApp(AppConfig(data_dir=tmp_path, admin_user="admin", admin_password="pw",
+                            max_buffered_body_bytes=1000))
+    auth = {"authorization": "Basic " + base64.b64encode(b"admin:pw").decode()}
+
+    def call(method: str, path: str, body: bytes, **headers: str) -> tuple[int, str]:
+        req = Request(method=method, path=path, query={}, headers={**auth, **headers},
+                      body=io.BytesIO(body), body_size=len(body))
+        resp = app.handle(req)
+        return resp.status, resp.body.decode()
+
+    try:
+        assert call("PUT", "/data/projects/CAP", b"")[0] == 201
+        status, text = call("POST", "/data/search", b"<x/>" * 500)
+        assert status == 413 and "/data/search" in text
+        status, _ = call("PUT", "/data/projects/CAP/resources/R/files/a.xml", b"<a/>" * 500,
+                         **{"content-type": "multipart/form-data; boundary=zz"})
+        assert status == 413
+        # a raw file body is streamed to disk, not read into memory: no cap
+        assert call("PUT", "/data/projects/CAP/resources/R/files/big.bin", b"\0" * 5000,
+                    **{"content-type": "application/octet-stream"})[0] == 201
+    finally:
+        app.close()

@@ -107,11 +107,24 @@ class Request:
     cookies: dict[str, str] = field(default_factory=dict)
     principal: Principal | None = None
     new_token: str | None = None
+    max_buffered: int = 1 << 30
 
     def header(self, name: str) -> str:
         return self.headers.get(name.lower(), "")
 
     def body_bytes(self) -> bytes:
+        """The whole body in memory (XML documents, forms, multipart, search bundles).
+
+        Raises
+        ------
+        HttpError
+            413 when the body is larger than ``max_buffered`` bytes; large files go as a raw
+            body (``inbody=true`` or octet-stream), which is streamed to disk instead.
+        """
+        if self.body_size > self.max_buffered:
+            raise HttpError(413, f"request body of {self.body_size} bytes is over the "
+                                 f"{self.max_buffered} bytes read into memory for {self.path}; "
+                                 "send large files as a raw body (inbody=true)")
         self.body.seek(0)
         return self.body.read()
 
@@ -202,6 +215,7 @@ class AppConfig:
     faults: FaultConfig = field(default_factory=FaultConfig)
     zip_limits: ZipLimits = field(default_factory=ZipLimits)
     max_body_bytes: int = 8 * 1024**3
+    max_buffered_body_bytes: int = 1 << 30
     site_id: str = "XNAT"
 
 
@@ -256,6 +270,7 @@ class XnatApp:
     # -- entry point ----------------------------------------------------------------------
     def handle(self, req: Request) -> Response:
         """Answer one request; never raises for client errors (they become 4xx answers)."""
+        req.max_buffered = self.config.max_buffered_body_bytes
         decision = self.faults.decide(req.path)
         if decision is FaultDecision.DROP:
             return Response(drop=True)
