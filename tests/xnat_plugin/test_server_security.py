@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import base64
 import io
+import re
 import socket
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import pydicom
 import pytest
 import requests
 
@@ -146,3 +148,41 @@ def test_bodies_read_into_memory_are_capped(tmp_path: Path) -> None:
                     **{"content-type": "application/octet-stream"})[0] == 201
     finally:
         app.close()
+
+
+def test_crafted_series_number_does_not_become_a_path(
+        admin: requests.Session, xnat_server: RunningServer, tmp_path: Path,
+        make_dicom_zip: Callable[..., tuple[bytes, list[Path]]]) -> None:
+    _, files = make_dicom_zip(tmp_path, seed="sec2", patient="SECPAT2")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as archive:
+        for i, path in enumerate(files):
+            ds = pydicom.dcmread(path)
+            del ds.SeriesNumber
+            ds.add_new(0x00200011, "LO", "../../../evil")  # explicit VR: read back as text
+            out = io.BytesIO()
+            ds.save_as(out)
+            archive.writestr(f"f{i}.dcm", out.getvalue())
+    made = admin.post(f"{xnat_server.url}/data/services/import",
+                      params={"PROJECT_ID": P, "SUBJECT_ID": "SECS2", "EXPT_LABEL": "SECE2"},
+                      data=buf.getvalue(), timeout=30)
+    assert made.status_code == 200
+    base = f"{xnat_server.url}/data/projects/{P}/experiments/SECE2/scans"
+    scan_ids = [row["ID"] for row in admin.get(base, params={"format": "json"},
+                                              timeout=10).json()["ResultSet"]["Result"]]
+    assert scan_ids and all(re.fullmatch(r"[A-Za-z0-9_-]+", s) for s in scan_ids)
+    download = admin.get(base + "/ALL/files", params={"format": "zip"}, timeout=30)
+    members = zipfile.ZipFile(io.BytesIO(download.content)).namelist()
+    assert members and all(m.startswith("SECE2/scans/") and ".." not in m.split("/")
+                           for m in members)
+
+
+@pytest.mark.parametrize("path", ["/data/projects/..", f"/data/projects/{P}/subjects/..",
+                                  f"/data/projects/{P}/resources/./files/x"])
+def test_dot_labels_are_refused(xnat_server: RunningServer, admin: requests.Session,
+                                path: str) -> None:
+    # requests would resolve the dot segments itself: send the request line as written
+    auth = base64.b64encode(f"{xnat_server.user}:{xnat_server.password}".encode())
+    answer = _raw(xnat_server, f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
+                               "Authorization: Basic ".encode() + auth + b"\r\n\r\nx")
+    assert answer.startswith(b"HTTP/1.1 400"), answer[:200]

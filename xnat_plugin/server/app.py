@@ -1725,7 +1725,8 @@ _LABEL_RE = re.compile(r"[A-Za-z0-9_.\-]{1,255}")
 
 
 def _check_label(label: str, kind: str) -> None:
-    if not _LABEL_RE.fullmatch(label):
+    # '.' and '..' would be path steps in URIs and in the member names of zip downloads
+    if not _LABEL_RE.fullmatch(label) or set(label) == {"."}:
         raise HttpError(400, f"invalid {kind} label {label!r}: use letters, digits, '_', '-', '.'")
 
 

@@ -7,7 +7,8 @@ the files are grouped by SeriesInstanceUID into scans, as XNAT's archiver does:
 - session (``xnat:ctSessionData`` for CT): ``UID`` = StudyInstanceUID, ``date``/``time`` from
   StudyDate/StudyTime, ``modality``, ``scanner`` = StationName, ``scanner/manufacturer``,
   ``scanner/model``, ``dcmPatientId``, ``dcmPatientName``, ``dcmAccessionNumber``;
-- one scan per series (``xnat:ctScanData`` for CT): ``ID`` = SeriesNumber (made unique),
+- one scan per series (``xnat:ctScanData`` for CT): ``ID`` = SeriesNumber (made unique;
+  characters other than letters, digits, ``_`` and ``-`` become ``_``),
   ``type`` and ``series_description`` = SeriesDescription, ``UID``, ``frames`` = number of files,
   ``modality``, voxel resolution from PixelSpacing/SliceThickness, ``parameters/kvp``.
 
@@ -16,6 +17,7 @@ Files that are not DICOM are skipped and counted, like XNAT's ``Ignore-Unparsabl
 
 from __future__ import annotations
 
+import re
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
@@ -157,7 +159,10 @@ def read_dicom_zip(source: IO[bytes], limits: ZipLimits) -> tuple[ImportedSessio
                     value = _text(ds, keyword)
                     if value:
                         fields[target] = value
-                number = _text(ds, "SeriesNumber") or str(len(order) + 1)
+                # the scan ID goes into URIs and zip member names: keep it a plain name
+                # (a crafted SeriesNumber such as '../../x' must not become a path)
+                number = re.sub(r"[^A-Za-z0-9_-]", "_", _text(ds, "SeriesNumber"))[:64] \
+                    or str(len(order) + 1)
                 series[uid] = ImportedScan(scan_id=number, xsi_type=scan_type, fields=fields)
                 order.append(uid)
                 used_names[uid] = set()
