@@ -186,3 +186,26 @@ def test_dot_labels_are_refused(xnat_server: RunningServer, admin: requests.Sess
     answer = _raw(xnat_server, f"PUT {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\n"
                                "Authorization: Basic ".encode() + auth + b"\r\n\r\nx")
     assert answer.startswith(b"HTTP/1.1 400"), answer[:200]
+
+
+def test_corrupt_zip_answers_400_and_leaves_no_files(
+        admin: requests.Session, xnat_server: RunningServer, tmp_path: Path,
+        make_dicom_zip: Callable[..., tuple[bytes, list[Path]]]) -> None:
+    _, files = make_dicom_zip(tmp_path, seed="sec3", patient="SECPAT3")
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as archive:
+        for i, path in enumerate(files):
+            archive.write(path, f"f{i}.dcm")
+    data = bytearray(buf.getvalue())
+    # flip a byte near the end of the last member's data (past the DICOM header): its CRC fails
+    last = zipfile.ZipFile(io.BytesIO(bytes(data))).infolist()[-1]
+    data[last.header_offset + 30 + len(last.filename) + last.compress_size - 5] ^= 0xFF
+    made = admin.post(f"{xnat_server.url}/data/services/import",
+                      params={"PROJECT_ID": P, "SUBJECT_ID": "SECS3", "EXPT_LABEL": "SECE3"},
+                      data=bytes(data), timeout=30)
+    assert made.status_code == 400 and "corrupt" in made.text
+    extracted = admin.put(f"{xnat_server.url}/data/projects/{P}/resources/Z/files/a.zip",
+                          params={"extract": "true"}, data=bytes(data), timeout=30)
+    assert extracted.status_code == 400 and "corrupt" in extracted.text
+    incoming = xnat_server.data_dir / "files" / "incoming"
+    assert [p.name for p in incoming.iterdir()] == []

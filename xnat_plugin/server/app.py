@@ -27,6 +27,8 @@ import threading
 import time
 import urllib.parse
 import xml.etree.ElementTree as ET
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -287,6 +289,9 @@ class XnatApp:
             return Response.text(str(exc), 400)
         except (UnsafePathError, DicomImportError, srch.SearchError) as exc:
             return Response.text(str(exc), 400)
+        except (zipfile.BadZipFile, zlib.error) as exc:  # raised while reading a client's zip
+            return Response.text(f"the uploaded zip is corrupt ({exc}); check the file and "
+                                 "send it again", 400)
         except Exception as exc:  # a server bug: answer 500 with a short message, log it
             log.exception("internal error on %s %s", req.method, redact(req.path))
             return Response.text(f"Internal server error: {type(exc).__name__}: {exc}", 500)
@@ -1618,10 +1623,15 @@ class XnatApp:
             # write every file's content first (outside the transaction), then the rows
             incoming = self.store.files_dir / "incoming"
             staged: list[tuple[int, str, Any]] = []  # (scan index, name, StoredContent)
-            for i, scan in enumerate(session.scans):
-                for name, member in scan.members:
-                    with archive.open(member) as handle:
-                        staged.append((i, name, store_content(incoming, handle)))
+            try:
+                for i, scan in enumerate(session.scans):
+                    for name, member in scan.members:
+                        with archive.open(member) as handle:
+                            staged.append((i, name, store_content(incoming, handle)))
+            except BaseException:
+                for _, _, info in staged:
+                    (incoming / info.stored_name).unlink(missing_ok=True)
+                raise
         removed: list[FileRow] = []
         try:
             with self.store.transaction() as tx:

@@ -103,16 +103,20 @@ def store_content(folder: Path, source: IO[bytes] | bytes) -> StoredContent:
     md5 = hashlib.md5(usedforsecurity=False)
     size = 0
     stream: IO[bytes] = io.BytesIO(source) if isinstance(source, bytes) else source
-    with open(tmp, "wb") as out:
-        while True:
-            chunk = stream.read(_CHUNK)
-            if not chunk:
-                break
-            md5.update(chunk)
-            size += len(chunk)
-            out.write(chunk)
-        out.flush()
-        os.fsync(out.fileno())
+    try:
+        with open(tmp, "wb") as out:
+            while True:
+                chunk = stream.read(_CHUNK)
+                if not chunk:
+                    break
+                md5.update(chunk)
+                size += len(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a source that fails midway (corrupt zip member) leaves nothing
+        raise
     os.replace(tmp, folder / stored_name)
     return StoredContent(stored_name=stored_name, size=size, digest=md5.hexdigest())
 
