@@ -209,3 +209,26 @@ def test_corrupt_zip_answers_400_and_leaves_no_files(
     assert extracted.status_code == 400 and "corrupt" in extracted.text
     incoming = xnat_server.data_dir / "files" / "incoming"
     assert [p.name for p in incoming.iterdir()] == []
+
+
+def test_site_level_label_resolves_to_the_readable_project(
+        admin: requests.Session, xnat_server: RunningServer) -> None:
+    url = xnat_server.url
+    for project in ("SECQ", "SECR"):  # SECQ (no access for the reader) gets the lower row
+        assert admin.put(f"{url}/data/projects/{project}", timeout=10).status_code == 201
+        assert admin.put(f"{url}/data/projects/{project}/subjects/SAMES", timeout=10).status_code == 201
+        assert admin.put(f"{url}/data/projects/{project}/subjects/SAMES/experiments/SAMEE",
+                         params={"xsiType": "xnat:ctSessionData"}, timeout=10).status_code == 201
+    assert admin.post(f"{url}/xapi/users", json={"username": "secreader", "password": "sr-pw"},
+                      timeout=10).status_code == 201
+    assert admin.put(f"{url}/data/projects/SECR/users/Collaborators/secreader",
+                     timeout=10).status_code == 200
+    reader = requests.Session()
+    reader.auth = ("secreader", "sr-pw")
+    for path in ("/data/experiments/SAMEE", "/data/subjects/SAMES"):
+        got = reader.get(url + path, params={"format": "json"}, timeout=10)
+        assert got.status_code == 200, (path, got.text)
+        assert got.json()["items"][0]["data_fields"]["project"] == "SECR"
+    other = admin.get(f"{url}/data/projects/SECQ/experiments/SAMEE", params={"format": "json"},
+                      timeout=10).json()["items"][0]["data_fields"]["ID"]
+    assert reader.get(f"{url}/data/experiments/{other}", timeout=10).status_code == 403

@@ -564,11 +564,12 @@ class XnatApp:
                     return None
                 self._read_project(principal, project)
                 return Node(kind="project", project=project)
-            if coll == "subjects":
-                obj = self._pick(tx.objects(kind="subject", ref=ref), ref)
-                return self._obj_node(tx, obj, principal) if obj else None
-            if coll == "experiments":
-                obj = self._pick(tx.objects(kinds=["experiment", "assessor"], ref=ref), ref)
+            if coll in {"subjects", "experiments"}:
+                kinds = ["subject"] if coll == "subjects" else ["experiment", "assessor"]
+                rows = tx.objects(kinds=kinds, ref=ref)
+                # a label used in several projects: pick among those this user may read
+                readable = [o for o in rows if Access.of(principal, o.project).read]
+                obj = self._pick(readable or rows, ref)
                 return self._obj_node(tx, obj, principal) if obj else None
             raise HttpError(404, f"Not found: /data/{coll}")
         if coll == "resources":
