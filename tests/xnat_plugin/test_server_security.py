@@ -232,3 +232,20 @@ def test_site_level_label_resolves_to_the_readable_project(
     other = admin.get(f"{url}/data/projects/SECQ/experiments/SAMEE", params={"format": "json"},
                       timeout=10).json()["items"][0]["data_fields"]["ID"]
     assert reader.get(f"{url}/data/experiments/{other}", timeout=10).status_code == 403
+
+
+def test_disabling_a_user_ends_its_sessions(admin: requests.Session,
+                                            xnat_server: RunningServer) -> None:
+    url = xnat_server.url
+    assert admin.post(f"{url}/xapi/users", json={"username": "secgone", "password": "sg-pw"},
+                      timeout=10).status_code == 201
+    assert admin.put(f"{url}/data/projects/{P}/users/Members/secgone", timeout=10).status_code == 200
+    user = requests.Session()
+    assert user.put(f"{url}/data/services/auth", data={"username": "secgone", "password": "sg-pw"},
+                    timeout=10).status_code == 200
+    assert user.get(f"{url}/data/projects/{P}", timeout=10).status_code == 200
+    disabled = admin.put(f"{url}/xapi/users/secgone", json={"enabled": False}, timeout=10)
+    assert disabled.status_code == 200
+    assert user.get(f"{url}/data/projects/{P}", timeout=10).status_code == 401
+    assert requests.get(f"{url}/data/projects/{P}", auth=("secgone", "sg-pw"),
+                        timeout=10).status_code == 401

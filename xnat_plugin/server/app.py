@@ -267,6 +267,9 @@ class XnatApp:
             roles = tx.roles(login)
         if user is None:
             raise HttpError(401, "Login required: user no longer exists")
+        if not user["enabled"]:
+            # a session opened before the account was disabled ends here
+            raise HttpError(401, f"Login required: user {login} is disabled")
         return Principal(login=login, site_admin=bool(user["site_admin"]), roles=roles)
 
     # -- entry point ----------------------------------------------------------------------
@@ -460,7 +463,7 @@ class XnatApp:
                             str(payload.get("firstName", "")), str(payload.get("lastName", "")),
                             bool(payload.get("enabled", True)), bool(payload.get("verified", True)),
                             bool(existing["site_admin"]) if existing else False)
-            if password is not None:
+            if password is not None or not bool(payload.get("enabled", True)):
                 self.sessions.drop_user(login)
             return Response.json({"username": login}, 201 if existing is None else 200)
         raise HttpError(405, f"{req.method} not allowed on /xapi/users")
