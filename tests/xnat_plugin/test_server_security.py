@@ -7,10 +7,12 @@ import base64
 import io
 import re
 import socket
+import time
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 import requests
@@ -18,6 +20,7 @@ import requests
 from xnat_plugin.server import RunningServer
 from xnat_plugin.server.app import AppConfig, Request, XnatApp
 from xnat_plugin.server.resources import UnsafePathError, clean_relative_path
+from xnat_plugin.server.search import compare
 
 P = "SECP"
 
@@ -249,3 +252,32 @@ def test_disabling_a_user_ends_its_sessions(admin: requests.Session,
     assert user.get(f"{url}/data/projects/{P}", timeout=10).status_code == 401
     assert requests.get(f"{url}/data/projects/{P}", auth=("secgone", "sg-pw"),
                         timeout=10).status_code == 401
+
+
+def _like_regex(pattern: str) -> str:
+    """Reference LIKE semantics as a regular expression (fine for short inputs only)."""
+    out, escaped = [], False
+    for ch in pattern:
+        if escaped:
+            out.append(re.escape(ch))
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        else:
+            out.append({"%": ".*", "_": "."}.get(ch, re.escape(ch)))
+    return "".join(out)
+
+
+def test_search_like_is_linear_and_keeps_like_semantics() -> None:
+    # was a backtracking regular expression: this pattern pinned a CPU for minutes
+    started = time.monotonic()
+    assert not compare("a" * 200, "LIKE", "%a" * 40 + "%b")
+    assert compare("a" * 200 + "b", "LIKE", "%a" * 40 + "%b")
+    assert time.monotonic() - started < 1.0
+    rng = np.random.default_rng(11)
+    for _ in range(3000):
+        value = "".join(rng.choice(list("ab%_\\"), size=int(rng.integers(0, 7))))
+        pattern = "".join(rng.choice(list("ab%_\\"), size=int(rng.integers(0, 6))))
+        expected = re.fullmatch(_like_regex(pattern), value, flags=re.S) is not None
+        assert compare(value, "LIKE", pattern) is expected, (value, pattern)
+        assert compare(value, "NOT LIKE", pattern) is not expected

@@ -342,23 +342,53 @@ def _as_number(text: str) -> float | None:
         return None
 
 
-def _like_pattern(value: str) -> str:
-    """SQL LIKE as a regular expression: ``%`` any run, ``_`` one character, ``\\`` escapes."""
-    out: list[str] = []
+def _like_segments(pattern: str) -> list[list[str | None]]:
+    """A LIKE pattern split at its unescaped ``%``: each part a list of characters, with
+    None for ``_`` (any one character); ``\\`` escapes the next character."""
+    segments: list[list[str | None]] = [[]]
     escaped = False
-    for ch in value:
+    for ch in pattern:
         if escaped:
-            out.append(re.escape(ch))
+            segments[-1].append(ch)
             escaped = False
         elif ch == "\\":
             escaped = True
         elif ch == "%":
-            out.append(".*")
+            segments.append([])
         elif ch == "_":
-            out.append(".")
+            segments[-1].append(None)
         else:
-            out.append(re.escape(ch))
-    return "".join(out)
+            segments[-1].append(ch)
+    return segments
+
+
+def _segment_at(value: str, segment: list[str | None], pos: int) -> bool:
+    return all(c is None or value[pos + i] == c for i, c in enumerate(segment))
+
+
+def _like_match(value: str, pattern: str) -> bool:
+    """SQL LIKE: ``%`` any run, ``_`` one character, ``\\`` escapes.
+
+    Matched part by part, each ``%``-separated part at its leftmost place, in
+    O(len(value) * len(pattern)) time; a regular expression (``.*a.*a.*...``) backtracks
+    exponentially on patterns such as ``%a%a%a%a%a%a%a%a%a%a%b`` (a search could pin a CPU).
+    """
+    segments = _like_segments(pattern)
+    if len(segments) == 1:
+        return len(value) == len(segments[0]) and _segment_at(value, segments[0], 0)
+    first, *middle, last = segments
+    end = len(value) - len(last)
+    if len(first) > end or not _segment_at(value, first, 0) \
+            or not _segment_at(value, last, end):
+        return False
+    pos = len(first)
+    for segment in middle:
+        found = next((p for p in range(pos, end - len(segment) + 1)
+                      if _segment_at(value, segment, p)), None)
+        if found is None:
+            return False
+        pos = found + len(segment)
+    return True
 
 
 def compare(left: str | None, op: str, right: str) -> bool:
@@ -371,7 +401,7 @@ def compare(left: str | None, op: str, right: str) -> bool:
     if left is None:
         return False
     if op == "LIKE":
-        return re.fullmatch(_like_pattern(right.lower()), left.lower(), flags=re.S) is not None
+        return _like_match(left.lower(), right.lower())
     if op == "NOT LIKE":
         return not compare(left, "LIKE", right)
     ln, rn = _as_number(left), _as_number(right)
