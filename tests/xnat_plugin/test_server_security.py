@@ -8,6 +8,7 @@ import io
 import re
 import socket
 import time
+import tracemalloc
 import zipfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -281,3 +282,34 @@ def test_search_like_is_linear_and_keeps_like_semantics() -> None:
         expected = re.fullmatch(_like_regex(pattern), value, flags=re.S) is not None
         assert compare(value, "LIKE", pattern) is expected, (value, pattern)
         assert compare(value, "NOT LIKE", pattern) is not expected
+
+
+def test_extract_streams_zip_members_instead_of_reading_them_into_memory(tmp_path: Path) -> None:
+    app = XnatApp(AppConfig(data_dir=tmp_path, admin_user="admin", admin_password="pw"))
+    auth = {"authorization": "Basic " + base64.b64encode(b"admin:pw").decode()}
+    buf = io.BytesIO()
+    payload = np.random.default_rng(5).bytes(24 * 1024 * 1024)  # incompressible, 24 MiB
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as archive:
+        archive.writestr("big.bin", payload)
+    body = buf.getvalue()
+    del buf
+    try:
+        made = app.handle(Request(method="PUT", path="/data/projects/EXT", query={},
+                                  headers=dict(auth), body=io.BytesIO(), body_size=0))
+        assert made.status == 201
+        tracemalloc.start()
+        try:
+            resp = app.handle(Request(
+                method="PUT", path="/data/projects/EXT/resources/R/files/a.zip",
+                query={"extract": "true"},
+                headers={**auth, "content-type": "application/octet-stream"},
+                body=io.BytesIO(body), body_size=len(body)))
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert resp.status == 201, resp.body
+        assert peak < 8 * 1024 * 1024, f"extract peaked at {peak / 2**20:.1f} MiB of memory"
+        stored = list((tmp_path / "files").rglob("*"))
+        assert any(p.is_file() and p.stat().st_size == len(payload) for p in stored)
+    finally:
+        app.close()

@@ -1527,7 +1527,21 @@ class XnatApp:
             raise HttpError(400, f"extract=true but the upload to {what} is not a zip") from exc
         with archive:
             members = safe_zip_members(archive, self.config.zip_limits, f"zip for {what}")
-            return [(m.filename, archive.read(m)) for m in members]
+            # members are spooled to temporary files, not read into memory: the limits allow
+            # gigabytes in total (the spools are closed when the request's items are dropped)
+            items: list[tuple[str, IO[bytes] | bytes]] = []
+            try:
+                for m in members:
+                    spool = tempfile.SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115
+                    items.append((m.filename, spool))
+                    with archive.open(m) as handle:
+                        shutil.copyfileobj(handle, spool, 1 << 20)
+                    spool.seek(0)
+            except BaseException:
+                for _, spooled in items:
+                    spooled.close()  # type: ignore[union-attr]
+                raise
+            return items
 
     # -- search ---------------------------------------------------------------------------
     def _search(self, req: Request) -> Response:
