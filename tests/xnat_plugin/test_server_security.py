@@ -313,3 +313,11 @@ def test_extract_streams_zip_members_instead_of_reading_them_into_memory(tmp_pat
         assert any(p.is_file() and p.stat().st_size == len(payload) for p in stored)
     finally:
         app.close()
+
+
+@pytest.mark.parametrize("body", ["[]", '"admin"', "3"])
+def test_user_body_that_is_not_an_object_answers_400(admin: requests.Session,
+                                                     xnat_server: RunningServer, body: str) -> None:
+    answer = admin.post(f"{xnat_server.url}/xapi/users", data=body,
+                        headers={"Content-Type": "application/json"}, timeout=10)
+    assert answer.status_code == 400 and "JSON object" in answer.text

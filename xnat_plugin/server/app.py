@@ -297,7 +297,7 @@ class XnatApp:
                                  "send it again", 400)
         except Exception as exc:  # a server bug: answer 500 with a short message, log it
             log.exception("internal error on %s %s", req.method, redact(req.path))
-            return Response.text(f"Internal server error: {type(exc).__name__}: {exc}", 500)
+            return Response.text(redact(f"Internal server error: {type(exc).__name__}: {exc}"), 500)
 
     def body_limit(self, path: str, headers: dict[str, str], cookies: dict[str, str]) -> int:
         """Most bytes a request to ``path`` may send, checked before its body is read.
@@ -447,6 +447,9 @@ class XnatApp:
                 payload = json.loads(req.body_bytes() or b"{}")
             except ValueError as exc:
                 raise HttpError(400, f"user body is not JSON: {exc}") from exc
+            if not isinstance(payload, dict):
+                raise HttpError(400, "user body must be a JSON object such as "
+                                     '{"username": ..., "password": ..., "email": ...}')
             login = str(payload.get("username") or (parts[0] if parts else ""))
             password = payload.get("password")
             if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", login):
