@@ -321,3 +321,17 @@ def test_user_body_that_is_not_an_object_answers_400(admin: requests.Session,
     answer = admin.post(f"{xnat_server.url}/xapi/users", data=body,
                         headers={"Content-Type": "application/json"}, timeout=10)
     assert answer.status_code == 400 and "JSON object" in answer.text
+
+
+@pytest.mark.parametrize("flag", ["enabled", "verified"])
+def test_user_flags_must_be_json_booleans(admin: requests.Session, xnat_server: RunningServer,
+                                          flag: str) -> None:
+    # "false" as a string used to enable the account (bool("false") is True)
+    answer = admin.post(f"{xnat_server.url}/xapi/users",
+                        json={"username": f"flag_{flag}", "password": "pw-123456", flag: "false"},
+                        timeout=10)
+    assert answer.status_code == 400 and flag in answer.text
+    ok = admin.post(f"{xnat_server.url}/xapi/users",
+                    json={"username": f"flag_{flag}", "password": "pw-123456", flag: False},
+                    timeout=10)
+    assert ok.status_code == 201

@@ -452,6 +452,13 @@ class XnatApp:
                                      '{"username": ..., "password": ..., "email": ...}')
             login = str(payload.get("username") or (parts[0] if parts else ""))
             password = payload.get("password")
+            flags = {}
+            for flag in ("enabled", "verified"):
+                value = payload.get(flag, True)
+                if not isinstance(value, bool):
+                    raise HttpError(400, f"user {login}: {flag!r} must be JSON true or false; "
+                                         f"got {value!r}")
+                flags[flag] = value
             if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,64}", login):
                 raise HttpError(400, f"invalid username {login!r}: use letters, digits, _.@-")
             with self.store.transaction() as tx:
@@ -464,9 +471,9 @@ class XnatApp:
                     else existing["password_hash"]  # type: ignore[index]
                 tx.put_user(login, pw_hash, str(payload.get("email", "")),
                             str(payload.get("firstName", "")), str(payload.get("lastName", "")),
-                            bool(payload.get("enabled", True)), bool(payload.get("verified", True)),
+                            flags["enabled"], flags["verified"],
                             bool(existing["site_admin"]) if existing else False)
-            if password is not None or not bool(payload.get("enabled", True)):
+            if password is not None or not flags["enabled"]:
                 self.sessions.drop_user(login)
             return Response.json({"username": login}, 201 if existing is None else 200)
         raise HttpError(405, f"{req.method} not allowed on /xapi/users")
