@@ -29,7 +29,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests
 
 demo: $(STAMP)
-	$(VENV)/bin/cbctqa demo --out $(DEMO_DIR)
+	$(VENV)/bin/cbctqa demo --out $(DEMO_DIR) --workers 2
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done

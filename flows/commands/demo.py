@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_cohort_arguments(p, sessions=12, slices=32, size=128, out="demo-output")
+    add_cohort_arguments(p, sessions=16, slices=48, size=256, out="demo-output")
     p.add_argument(
         "--cohort-only", action="store_true", help="only simulate the cohort and summarise it"
     )
