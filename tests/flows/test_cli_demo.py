@@ -52,11 +52,12 @@ def test_demo_runs_end_to_end_and_is_idempotent(tmp_path, capsys) -> None:
     assert again["sessions"] == 5
 
 
-def test_demo_refuses_too_few_resamples(tmp_path, capsys) -> None:
-    argv = [
+def _tiny_demo_argv(out, *, n_resamples: int) -> list[str]:
+    """A two-session, 8-slice, 64-pixel demo run (fast; too small for the statistics)."""
+    return [
         "demo",
         "--out",
-        str(tmp_path),
+        str(out),
         "--sessions",
         "2",
         "--slices",
@@ -64,29 +65,20 @@ def test_demo_refuses_too_few_resamples(tmp_path, capsys) -> None:
         "--size",
         "64",
         "--n-resamples",
-        "5",
+        str(n_resamples),
         "--no-progress",
     ]
+
+
+def test_demo_refuses_too_few_resamples(tmp_path, capsys) -> None:
+    argv = _tiny_demo_argv(tmp_path, n_resamples=5)
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--n-resamples" in err[0]
 
 
 def test_demo_with_too_few_sessions_scores_and_skips_the_analysis(tmp_path, capsys) -> None:
-    argv = [
-        "demo",
-        "--out",
-        str(tmp_path),
-        "--sessions",
-        "2",
-        "--slices",
-        "8",
-        "--size",
-        "64",
-        "--n-resamples",
-        "200",
-        "--no-progress",
-    ]
+    argv = _tiny_demo_argv(tmp_path, n_resamples=200)
     assert main(argv) == 0
     out = capsys.readouterr().out
     assert "analysis skipped" in out and "at least 4" in out

@@ -452,17 +452,9 @@ class XnatGateway:
                     resp = session.get(
                         path, query=q, accepted_status=_ANY_STATUS, timeout=self._timeout, headers=h
                     )
-                elif method == "PUT":
-                    resp = session.put(
-                        path,
-                        data=body,
-                        query=q,
-                        accepted_status=_ANY_STATUS,
-                        timeout=self._timeout,
-                        headers=h,
-                    )
-                elif method == "POST":
-                    resp = session.post(
+                elif method in ("PUT", "POST"):
+                    send = session.put if method == "PUT" else session.post
+                    resp = send(
                         path,
                         data=body,
                         query=q,
