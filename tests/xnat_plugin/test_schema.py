@@ -3,7 +3,7 @@
 Checked here:
 
 * ``cbctqa.xsd`` declares exactly the contract's fields with the contract's types;
-* it builds as XML Schema together with XNAT's REAL ``xnat.xsd`` (from ``../shared/xnat-schemas``)
+* it builds as XML Schema together with XNAT's REAL ``xnat.xsd`` (``tests/data/xnat-schemas``)
   and with our own ``xnat.xsd``, and instance documents validate (or fail) as they should;
 * our ``xnat.xsd`` agrees with XNAT's real schema on every type, base type, field, field type,
   occurrence and element order it declares, and is of our own writing (far smaller, no copied
@@ -11,8 +11,8 @@ Checked here:
 * xnatpy's own schema converter (the code ``xnat.connect`` runs on ``/xapi/schemas/{name}``)
   builds ``CbctqaQaAssessmentData`` and ``CbctqaRatingData`` with settable, typed properties.
 
-Tests that need XNAT's real schema skip with a reason when ``../shared/xnat-schemas`` (beside the
-repository, or ``$CBCTQA_XNAT_SCHEMAS``) is absent.
+XNAT's real schema files are vendored in ``tests/data/xnat-schemas`` with XNAT's licence, so no
+test here skips.
 """
 
 from __future__ import annotations
@@ -20,7 +20,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import logging
-import os
 import re
 import shutil
 from pathlib import Path
@@ -48,20 +47,12 @@ XS_NS = f"{{{XS}}}"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _shared_schema_dir() -> Path:
-    env = os.environ.get("CBCTQA_XNAT_SCHEMAS")
-    return Path(env) if env else REPO.parent / "shared" / "xnat-schemas"
+#: XNAT's real schema files, vendored with XNAT's licence (see its README.md): these tests
+#: never skip for want of them.
+SHARED = REPO / "tests" / "data" / "xnat-schemas"
 
-
-SHARED = _shared_schema_dir()
-needs_real_xnat = pytest.mark.skipif(
-    not (SHARED / "xnat.xsd").is_file(),
-    reason=f"XNAT's real schema files are not available at {SHARED} "
-    "(set CBCTQA_XNAT_SCHEMAS or place shared/xnat-schemas beside the repository)",
-)
-
-#: Which xnat.xsd to build cbctqa.xsd with: ours (always) and XNAT's real one (when present).
-WHICH = ["our", pytest.param("real", marks=needs_real_xnat)]
+#: Which xnat.xsd to build cbctqa.xsd with: ours and XNAT's real one.
+WHICH = ["our", "real"]
 
 # --------------------------------------------------------------------------- the contract
 
@@ -130,8 +121,6 @@ def _lay_out(tmp: Path, xnat_xsd: Path, with_standins: bool) -> Path:
 @pytest.fixture(scope="module")
 def real_schema(tmp_path_factory: pytest.TempPathFactory) -> xmlschema.XMLSchema:
     """cbctqa.xsd built together with XNAT's real xnat.xsd."""
-    if not (SHARED / "xnat.xsd").is_file():
-        pytest.skip(f"XNAT's real schema files are not available at {SHARED}")
     tmp = tmp_path_factory.mktemp("real")
     return xmlschema.XMLSchema(_lay_out(tmp, SHARED / "xnat.xsd", with_standins=True))
 
@@ -210,6 +199,25 @@ def test_schema_names_and_files() -> None:
         assert re.search(r"<xs:schema[^>]*xmlns:xs=\"http://www.w3.org/2001/XMLSchema\"", text)
 
 
+def test_cbctqa_schema_has_one_source_the_plugin_jar_layout() -> None:
+    """The plugin's ``src/main/resources/schemas/cbctqa/cbctqa.xsd`` is the only copy.
+
+    That is the folder XNAT's ``xdat-data-builder`` reads and the JAR path XNAT loads; the
+    Python package's ``xnat_plugin/schema/cbctqa.xsd`` (served by the local server, read by the
+    gateway's tests) is a link to it, so the two can never drift apart.
+    """
+    source = (
+        REPO / "xnat_plugin" / "plugin" / "src" / "main" / "resources" / "schemas" / "cbctqa"
+    ) / "cbctqa.xsd"
+    assert source.is_file() and not source.is_symlink()
+    python_copy = schema_path("cbctqa")
+    assert python_copy.read_bytes() == source.read_bytes(), (
+        f"{python_copy} differs from {source}: edit the plugin's file (the one source) and keep "
+        "xnat_plugin/schema/cbctqa.xsd a link to it"
+    )
+    assert python_copy.resolve() == source.resolve()
+
+
 @pytest.mark.parametrize("name", ["xdat", "cbctqa/cbctqa", "", "CBCTQA"])
 def test_unknown_schema_name_raises(name: str) -> None:
     with pytest.raises(UnknownSchemaError, match="Unknown XNAT schema") as info:
@@ -279,7 +287,6 @@ def test_status_enumeration(our_schema: xmlschema.XMLSchema) -> None:
 # --------------------------------------------------------------------------- instance documents
 
 
-@needs_real_xnat
 def test_cbctqa_builds_with_real_xnat_schema(real_schema: xmlschema.XMLSchema) -> None:
     qa = real_schema.maps.types[f"{{{CBCTQA_NAMESPACE}}}qaAssessmentData"]
     assert qa.base_type.name == f"{{{XNAT_NAMESPACE}}}imageAssessorData"
@@ -365,7 +372,6 @@ def _element_order(xsd_type: Any) -> list[str]:
     return [e.local_name for e in xsd_type.content.iter_elements()]
 
 
-@needs_real_xnat
 def test_our_xnat_schema_agrees_with_xnats(
     our_schema: xmlschema.XMLSchema, real_schema: xmlschema.XMLSchema
 ) -> None:
@@ -405,7 +411,6 @@ def test_our_xnat_schema_agrees_with_xnats(
     assert our_roots and all(real_roots.get(k) == v for k, v in our_roots.items())
 
 
-@needs_real_xnat
 def test_our_xnat_schema_is_our_own_writing() -> None:
     ours = schema_text("xnat")
     theirs = (SHARED / "xnat.xsd").read_text(encoding="utf-8")
@@ -504,7 +509,6 @@ def test_xnatpy_builds_core_classes(xnatpy_ours: tuple[ModuleType, str]) -> None
     assert module.CtScanData.series_description.type == "xs:string"
 
 
-@needs_real_xnat
 def test_xnatpy_core_classes_match_xnats_schema(xnatpy_ours: tuple[ModuleType, str]) -> None:
     real, _ = _xnatpy_module(
         [SHARED / "standins" / "xdat.xsd", SHARED / "xnat.xsd", schema_path("cbctqa")], "real"
