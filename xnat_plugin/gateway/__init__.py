@@ -9,6 +9,13 @@ method, :mod:`xnat_plugin.gateway.retry` for what is retried, and
 
 from __future__ import annotations
 
+from xnat_plugin.gateway.attempts import (
+    FailureTag,
+    ScoringCandidate,
+    parse_failure_reason,
+    scans_fingerprint,
+    tag_failure_reason,
+)
 from xnat_plugin.gateway.credentials import Credentials, Secret, resolve_credentials
 from xnat_plugin.gateway.errors import (
     XnatAuthenticationError,
@@ -51,10 +58,12 @@ __all__ = [
     "AssessmentStatus",
     "CategoryAssessment",
     "Credentials",
+    "FailureTag",
     "RatingRecord",
     "RequestCounts",
     "RetryPolicy",
     "ScanRef",
+    "ScoringCandidate",
     "Secret",
     "SessionRef",
     "StoredAssessment",
@@ -73,7 +82,10 @@ __all__ = [
     "XnatServerError",
     "XnatValidationError",
     "assessment_label",
+    "parse_failure_reason",
     "rating_label",
     "resolve_credentials",
+    "scans_fingerprint",
+    "tag_failure_reason",
     "validate_scores",
 ]

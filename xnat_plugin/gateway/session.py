@@ -59,6 +59,12 @@ import xnat.exceptions
 import xnat.session
 
 from qa_core.logs import redact
+from xnat_plugin.gateway.attempts import (
+    FailureTag,
+    ScoringCandidate,
+    parse_failure_reason,
+    scans_fingerprint,
+)
 from xnat_plugin.gateway.credentials import Credentials, resolve_credentials
 from xnat_plugin.gateway.errors import (
     XnatAuthenticationError,
@@ -639,15 +645,22 @@ class XnatGateway:
         )
 
     def find_sessions_to_score(
-        self, project: str | None = None, *, model_version: str, modality: str = "CT"
+        self,
+        project: str | None = None,
+        *,
+        model_version: str,
+        modality: str = "CT",
+        max_attempts: int = 3,
     ) -> list[SessionRef]:
-        """Sessions without a ``complete`` assessment by ``model_version``, oldest first.
+        """Sessions to (re)score by ``model_version``, oldest first (see :meth:`plan_scoring`).
 
-        Two requests whatever the project size: the project's CT sessions and the project's
-        ``cbctqa:qaAssessmentData`` (status, model version, session), joined here. A
-        session whose assessment by this version is queued, running or failed is returned
-        again (scoring it is idempotent); one complete assessment of any of its scans by
-        this version counts as done.
+        Two requests whatever the project size (plus one per session whose last failure was
+        final, to see whether its scans changed): the project's CT sessions and the project's
+        ``cbctqa:qaAssessmentData`` (status, model version, session, failure reason), joined
+        here. One complete assessment of any of its scans by this version counts as done; a
+        queued or running one is returned again (scoring is idempotent); a failed one is
+        returned while transient failures have used fewer than ``max_attempts`` attempts, and
+        after bad data or the last attempt only once its scans change.
 
         Parameters
         ----------
@@ -657,16 +670,41 @@ class XnatGateway:
             The current model version.
         modality:
             ``"CT"`` (CBCT is archived as ``xnat:ctSessionData``) or an explicit xsi:type.
+        max_attempts:
+            Attempts allowed for transient trouble (``CBCTQA_MAX_ATTEMPTS``).
+        """
+        plan = self.plan_scoring(
+            project, model_version=model_version, modality=modality, max_attempts=max_attempts
+        )
+        return [c.session for c in plan]
+
+    def plan_scoring(
+        self,
+        project: str | None = None,
+        *,
+        model_version: str,
+        modality: str = "CT",
+        max_attempts: int = 3,
+    ) -> list[ScoringCandidate]:
+        """What :meth:`find_sessions_to_score` returns, with each session's next attempt number.
+
+        A failed assessment's attempts are read from the tag at the start of its
+        ``failure_reason`` (:mod:`xnat_plugin.gateway.attempts`).
         """
         if not model_version:
             raise XnatValidationError(
                 "find_sessions_to_score: model_version is empty; expected the model version"
             )
+        if max_attempts < 1:
+            raise XnatValidationError(
+                f"find_sessions_to_score: max_attempts is {max_attempts}; expected >= 1"
+            )
         project = self._project_or_default(project)
         sessions = self._session_rows(project, _modality_xsi(modality))
         prefix = ASSESSMENT_XSI_TYPE.lower()
         columns = ["ID", "label", "xsiType", "session_ID", f"{ASSESSMENT_XSI_TYPE}/status",
-                   f"{ASSESSMENT_XSI_TYPE}/model_version"]  # fmt: skip
+                   f"{ASSESSMENT_XSI_TYPE}/model_version",
+                   f"{ASSESSMENT_XSI_TYPE}/failure_reason"]  # fmt: skip
         rows = self._listing(
             "/data/experiments",
             what=f"{ASSESSMENT_XSI_TYPE} of project {project}",
@@ -677,23 +715,51 @@ class XnatGateway:
             },
         )
         done: set[str] = set()
+        in_progress: dict[str, str] = {}
+        failures: dict[str, FailureTag] = {}
         for row in rows:
             if row.get("xsitype") and row["xsitype"].lower() != prefix:
                 continue
             status = row.get(f"{prefix}/status", row.get("status", ""))
             version = row.get(f"{prefix}/model_version", row.get("model_version", ""))
-            if status == "complete" and version == model_version:
-                done.add(row.get("session_id", ""))
-        todo = [ref for ref in sessions if ref.session_id not in done]
+            session_id = row.get("session_id", "")
+            if version != model_version:
+                continue
+            if status == "complete":
+                done.add(session_id)
+            elif status == "failed":
+                tag = parse_failure_reason(
+                    row.get(f"{prefix}/failure_reason", row.get("failure_reason", ""))
+                )
+                old = failures.get(session_id)
+                if old is None or (tag.final, tag.attempt) > (old.final, old.attempt):
+                    failures[session_id] = tag
+            else:
+                in_progress[session_id] = status
+        plan: list[ScoringCandidate] = []
+        for ref in sorted(sessions, key=_session_order):
+            sid = ref.session_id
+            if sid in done:
+                continue
+            last = failures.get(sid)
+            if last is None:
+                plan.append(ScoringCandidate(ref, 1, in_progress.get(sid, "")))
+            elif not last.final and last.attempt < max_attempts:
+                plan.append(ScoringCandidate(ref, last.attempt + 1, "failed"))
+            elif last.scans:
+                # final failure: retried only when the session's scans changed since
+                current = scans_fingerprint(self.list_scans(ref))
+                if current != last.scans:
+                    plan.append(ScoringCandidate(ref, 1, "failed", scans=current))
         logger.info(
             "project %s: %d of %d %s sessions need scoring by model %s",
             project,
-            len(todo),
+            len(plan),
             len(sessions),
             modality,
             model_version,
         )
-        return sorted(todo, key=_session_order)
+        return plan
 
     # ------------------------------------------------------------------ scans and downloads
 
@@ -738,17 +804,24 @@ class XnatGateway:
                 )
         return scans
 
-    def select_scan(self, session: SessionRef, scan_id: str | None = None) -> ScanRef:
+    def select_scan(
+        self,
+        session: SessionRef,
+        scan_id: str | None = None,
+        *,
+        scans: Sequence[ScanRef] | None = None,
+    ) -> ScanRef:
         """The scan to score: ``scan_id`` if given, else the CT scan with the most frames.
 
-        Ties go to the scan listed first. One request.
+        Ties go to the scan listed first. One request (none when ``scans``, the session's
+        :meth:`list_scans`, is given).
 
         Raises
         ------
         XnatScanSelectionError
             The session has no CT scan, or no scan ``scan_id``.
         """
-        scans = self.list_scans(session)
+        scans = self.list_scans(session) if scans is None else list(scans)
         if scan_id is not None:
             for scan in scans:
                 if scan.scan_id == scan_id:
