@@ -32,6 +32,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "flows.commands.validate",
     "flows.commands.xnat_server",
     "flows.commands.demo",
+    "flows.commands.doctor",
+    "flows.commands.config",
 )
 
 

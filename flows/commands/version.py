@@ -1,4 +1,10 @@
-"""``cbctqa version``: package and key library versions."""
+"""``cbctqa version``: the product version and key library versions.
+
+The product version has one source, :data:`qa_core.__version__`: ``pyproject.toml`` reads it
+(``[tool.setuptools.dynamic]``), the assessments record it (``package_version``), the
+dashboard shows it and this command prints it. It is read from the code, not from the
+installed package metadata, which an editable install leaves stale until reinstalled.
+"""
 
 from __future__ import annotations
 
@@ -6,9 +12,16 @@ import argparse
 import json
 from importlib import metadata
 
-__all__ = ["register", "run"]
+__all__ = ["product_version", "register", "run"]
 
-_LIBS = ("cbctqa", "torch", "torchvision", "grad-cam", "pydicom", "numpy", "scipy", "xnat", "prefect", "streamlit")
+_LIBS = ("torch", "torchvision", "grad-cam", "pydicom", "numpy", "scipy", "xnat", "prefect", "streamlit")
+
+
+def product_version() -> str:
+    """The CBCT QA monitor's version (:data:`qa_core.__version__`)."""
+    from qa_core import __version__
+
+    return __version__
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -18,7 +31,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    versions: dict[str, str | None] = {}
+    versions: dict[str, str | None] = {"cbctqa": product_version()}
     for lib in _LIBS:
         try:
             versions[lib] = metadata.version(lib)
