@@ -102,7 +102,7 @@ def test_server_on_postgresql(xnat_server_factory, tmp_path: Path) -> None:  # t
         rows = requests.get(f"{server.url}/data/experiments", auth=auth, timeout=10, params={
             "xsiType": "cbctqa:qaAssessmentData", "format": "json",
             "columns": "ID,label,cbctqa:qaAssessmentData/status"}).json()["ResultSet"]["Result"]
-        assert [(r["label"], r["cbctqa:qaAssessmentData/status"]) for r in rows] == [("A", "complete")]
+        assert [(r["label"], r["cbctqa:qaassessmentdata/status"]) for r in rows] == [("A", "complete")]
         server.stop()
     finally:
         with psycopg.connect(PG_URL, autocommit=True) as admin:

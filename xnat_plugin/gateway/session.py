@@ -720,8 +720,9 @@ class XnatGateway:
         for row in rows:
             if row.get("xsitype") and row["xsitype"].lower() != prefix:
                 continue
-            status = row.get(f"{prefix}/status", row.get("status", ""))
-            version = row.get(f"{prefix}/model_version", row.get("model_version", ""))
+            # XNAT keys a requested xpath that is not a shortcut as the xpath in lower case
+            status = row.get(f"{prefix}/status", "")
+            version = row.get(f"{prefix}/model_version", "")
             session_id = row.get("session_id", "")
             if version != model_version:
                 continue
@@ -1340,7 +1341,7 @@ class XnatGateway:
             if row.get("project") and row["project"] != project:
                 continue
             ident = {c: row.get(c.lower(), "") for c in _ASSESSOR_COLUMNS}
-            fields = {f: row.get(prefix + f.lower(), row.get(f.lower(), "")) for f in field_names}
+            fields = {f: row.get(prefix + f.lower(), "") for f in field_names}  # XNAT's keys only
             out.append((ident, fields))
         return out
 

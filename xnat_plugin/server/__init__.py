@@ -57,6 +57,11 @@ class ServerConfig:
         Fault injection (off by default).
     tls_cert, tls_key : Path or None
         Serve HTTPS with this certificate and key.
+    zip_limits : ZipLimits
+        Limits on uploaded zips (members, sizes, compression ratio).
+    strict : bool
+        Answer only what XNAT would: listings without this server's extra keys, in XNAT's
+        key case (see :mod:`xnat_plugin.server.columns`); for tests of clients.
     """
 
     data_dir: Path
@@ -70,6 +75,7 @@ class ServerConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     zip_limits: ZipLimits = field(default_factory=ZipLimits)
+    strict: bool = False
 
     def __post_init__(self) -> None:
         if not self.admin_user:
@@ -145,6 +151,7 @@ class RunningServer:
             data_dir=Path(cfg.data_dir), admin_user=cfg.admin_user,
             admin_password=cfg.admin_password, database_url=cfg.database_url,
             schema_dirs=tuple(cfg.schema_dirs), faults=cfg.faults, zip_limits=cfg.zip_limits,
+            strict=cfg.strict,
         ))
         try:
             httpd = XnatHTTPServer((cfg.host, self.port), app)

@@ -38,6 +38,7 @@ from typing import IO, Any
 from qa_core.errors import CbctQaError
 from qa_core.logs import redact
 
+from . import columns as cols
 from . import search as srch
 from .auth import (
     ROLES,
@@ -219,6 +220,7 @@ class AppConfig:
     max_body_bytes: int = 8 * 1024**3
     max_buffered_body_bytes: int = 1 << 30
     site_id: str = "XNAT"
+    strict: bool = False
 
 
 class XnatApp:
@@ -723,7 +725,9 @@ class XnatApp:
                                  "pi_lastname": p.fields.get("PI/lastname", ""),
                                  "URI": f"/data/projects/{p.id}", "xsiType": "xnat:projectData",
                                  "insert_date": p.insert_date})
-                return self._columns_table(req, rows, [None] * len(rows), None, fmt)
+                return self._columns_table(req, rows, [None] * len(rows), None, fmt,
+                                           listing=cols.listing_kind("projects", "site", None,
+                                                                     False, False))
             if coll == "resources":
                 return self._resource_listing(req, tx, node, fmt)
             kind = _KIND_OF_COLLECTION.get(coll)
@@ -739,7 +743,24 @@ class XnatApp:
             else:
                 index = self._index(tx, objs)
             rows = [self._row(o, index) for o in objs]
-            return self._columns_table(req, rows, objs, index, fmt)
+            listing = self._listing_kind(req, node, coll)
+
+            def scans_of(obj: ObjectRow) -> list[ObjectRow]:
+                return tx.objects(kind="scan", parent_pk=obj.pk) if obj.kind == "experiment" \
+                    else []
+            return self._columns_table(req, rows, objs, index, fmt, listing=listing,
+                                       scans_of=scans_of)
+
+    def _listing_kind(self, req: Request, node: Node, coll: str) -> cols.ListingKind | None:
+        """Which XNAT listing answers ``coll`` of ``node`` (its shortcuts, root, defaults)."""
+        xsi_param = req.param("xsiType")
+        canon = self.schemas.canonical(xsi_param.split(",")[0]) if xsi_param else None
+        scope = {"site": "site", "project": "project", "subject": "subject"}.get(
+            node.kind, "experiment")
+        return cols.listing_kind(
+            coll, scope, canon,
+            is_assessor_type=bool(canon and self.schemas.is_a(canon, "xnat:imageAssessorData")),
+            is_session_type=bool(canon and self.schemas.is_a(canon, "xnat:imageSessionData")))
 
     def _collect(self, tx: Tx, principal: Principal, node: Node, coll: str,
                  req: Request) -> list[ObjectRow]:
@@ -807,39 +828,93 @@ class XnatApp:
     def _columns_table(self, req: Request, rows: list[dict[str, str]],
                        objs: Sequence[ObjectRow | None],
                        index: srch.ObjectIndex | None, fmt: str,
-                       allow_columns: bool = True) -> Response:
-        pairs = list(zip(rows, objs, strict=True))
+                       allow_columns: bool = True, listing: cols.ListingKind | None = None,
+                       scans_of: Callable[[ObjectRow], list[ObjectRow]] | None = None) -> Response:
+        """Filter, page and key a listing as XNAT does (see :mod:`.columns`).
+
+        Requested columns come back under XNAT's keys; a column of a scan type on an
+        experiment listing joins the session's scans (one row per scan, as XNAT's query
+        does). In strict mode default rows hold only XNAT's default keys.
+        """
+        columns_param = req.param("columns") if allow_columns else None
+        requested = [c for c in columns_param.split(",") if c] \
+            if columns_param and columns_param.upper() != "DEFAULT" else None
+        scan_types = self._scan_join_types(requested) if listing is not None and scans_of else []
+        triples: list[tuple[dict[str, str], ObjectRow | None, ObjectRow | None]] = []
+        for r, o in zip(rows, objs, strict=True):
+            if scan_types and scans_of is not None and o is not None and o.kind == "experiment":
+                joined = [s for s in scans_of(o)
+                          if any(self.schemas.is_a(s.xsi_type, t) for t in scan_types)]
+                if joined:
+                    triples += [(r, o, s) for s in joined]
+                    continue
+            triples.append((r, o, None))
+
+        def value(column: str, r: dict[str, str], o: ObjectRow | None,
+                  joined: ObjectRow | None) -> str:
+            if joined is not None and index is not None:
+                element, _, name = column.partition("/")
+                canon = self.schemas.canonical(element) if name else None
+                if canon is not None and canon in scan_types:
+                    return srch.field_value(joined, canon, name, index, self.schemas) or ""
+            return srch.resolve_column(column, r, o, index, self.schemas)
+
         # filters
-        for key, value in req.query.items():
+        for key, wanted in req.query.items():
             low = key.lower()
             if low in _RESERVED or low == "xsitype":
                 continue
             if low in {"date", "insert_date", "last_modified"} or low.endswith("/date") \
                     or low.endswith("/insert_date") or low.endswith("/last_modified"):
-                pairs = [(r, o) for r, o in pairs
-                         if _in_date_range(srch.resolve_column(key, r, o, index, self.schemas),
-                                           value)]
+                triples = [t for t in triples if _in_date_range(value(key, *t), wanted)]
                 continue
-            if pairs and not any(k.lower() == low for k in pairs[0][0]) and "/" not in key:
+            if triples and not any(k.lower() == low for k in triples[0][0]) and "/" not in key:
                 continue  # unknown parameter, not a column: ignore as XNAT does
-            pairs = [(r, o) for r, o in pairs
-                     if srch.fnmatch_ci(srch.resolve_column(key, r, o, index, self.schemas), value)]
-        total = len(pairs)
+            triples = [t for t in triples if srch.fnmatch_ci(value(key, *t), wanted)]
+        total = len(triples)
         offset = _int_param(req, "offset", 0)
         limit = _int_param(req, "limit", -1)
-        pairs = pairs[offset:] if limit < 0 else pairs[offset:offset + limit]
-        columns_param = req.param("columns") if allow_columns else None
-        columns: list[str] | None = None
-        if columns_param and columns_param.upper() != "DEFAULT":
-            columns = [c for c in columns_param.split(",") if c]
-            for always in ("URI", "xsiType"):
-                if pairs and always in pairs[0][0] and always not in columns:
-                    columns.append(always)
-            out = [{c: srch.resolve_column(c, r, o, index, self.schemas) for c in columns}
-                   for r, o in pairs]
+        triples = triples[offset:] if limit < 0 else triples[offset:offset + limit]
+        if requested is None and listing is None:
+            return self._table([r for r, _, _ in triples], fmt, None, total)
+        keyed: dict[str, str] = {}  # answered key -> column it is resolved from
+        if requested is not None:
+            for column in requested:
+                key = cols.column_key(column, listing.shortcuts) if listing else column
+                if self.config.strict and listing is not None and key == column \
+                        and key not in listing.shortcuts and key != "URI" and "/" not in key:
+                    raise HttpError(400, f"column {column!r} is neither one of this listing's "
+                                         f"names ({', '.join(listing.shortcuts)}) nor an xpath "
+                                         "such as xnat:experimentData/label")
+                keyed.setdefault(key, column)
         else:
-            out = [r for r, _ in pairs]
-        return self._table(out, fmt, columns, total)
+            assert listing is not None
+            keyed = {k: k for k in listing.defaults}
+            if not self.config.strict and triples:
+                keyed.update({k: k for k in triples[0][0] if k not in keyed and k != "URI"})
+        if listing is not None:
+            root_id = listing.root_id_key()
+            if root_id is not None:
+                keyed.setdefault(root_id, f"{listing.root}/ID")
+        if "xsiType" not in keyed and (not triples or "xsiType" in triples[0][0]):
+            keyed["xsiType"] = "xsiType"
+        keyed.pop("URI", None)
+        keyed["URI"] = "URI"
+        out = [{k: value(c, *t) for k, c in keyed.items()} for t in triples]
+        return self._table(out, fmt, list(keyed), total)
+
+    def _scan_join_types(self, requested: list[str] | None) -> list[str]:
+        """Scan datatypes named by requested columns (``xnat:ctScanData/ID``)."""
+        found: list[str] = []
+        for column in requested or []:
+            element, _, name = column.partition("/")
+            if not name or ":" not in element:
+                continue
+            canon = self.schemas.canonical(element)
+            if canon is not None and self.schemas.is_a(canon, "xnat:imageScanData") \
+                    and canon not in found:
+                found.append(canon)
+        return found
 
     def _resource_rows(self, tx: Tx, resources: list[ResourceRow], cat_desc: str = "") -> list[dict[str, str]]:
         stats = tx.file_stats([r.pk for r in resources])
