@@ -4,8 +4,10 @@ XNAT's artifact repository is unreachable, so the JAR is never built in CI. What
 check instead is that the pieces agree with each other and with the schema, exactly as XNAT
 needs them to: the plugin id and datatypes in the Java annotation, ``gradle.properties``, the
 display documents' elements and fields, the template file names and the fields they show or
-post, the Gradle rule that packs ``../schema/cbctqa.xsd`` (one copy only), and the automation
-script's Prefect event, timeouts and error handling.
+post, the Actions-box entry that opens the rating form, the Java classes' places and their
+rating-label rule (the gateway's), the Gradle build that reads the one schema where
+xnat-data-builder looks for it, and the automation script's Prefect event, timeouts and error
+handling. The JAR's layout is checked in ``test_plugin_jar_layout.py``.
 
 The Velocity templates are parsed and rendered with ``airspeed`` (a Python implementation of
 Velocity) in a small stand-in for XNAT's template context that records which schema paths a
@@ -25,6 +27,8 @@ import pytest
 from lxml import etree
 
 from qa_core.categories import CATEGORIES
+from xnat_plugin.gateway import rating_label
+from xnat_plugin.gateway.records import safe_label_part
 from xnat_plugin.schema import CBCTQA_NAMESPACE, schema_path
 
 XS = "{http://www.w3.org/2001/XMLSchema}"
@@ -33,6 +37,13 @@ RESOURCES = PLUGIN / "src" / "main" / "resources"
 SCREENS = RESOURCES / "META-INF" / "resources" / "templates" / "screens"
 JAVA = PLUGIN / "src" / "main" / "java" / "org" / "cbctqa" / "xnat" / "plugin" / "CbctQaPlugin.java"
 GROOVY = RESOURCES / "scripts" / "cbctqa_notify_prefect.groovy"
+ACTIONS_BOX = SCREENS / "xnat_imageSessionData" / "actionsBox"
+JAVA_ROOT = PLUGIN / "src" / "main" / "java"
+RATING_LABELS = JAVA.parent / "RatingLabels.java"
+EDIT_SCREEN_CLASS = (
+    JAVA_ROOT / "org/nrg/xnat/turbine/modules/screens/XDATScreen_edit_cbctqa_ratingData.java"
+)
+PRE_SAVE = JAVA_ROOT / "org/nrg/xnat/actions/imageAssessorEdit/preSave/CbctqaRatingPreSave.java"
 
 #: Fields every assessor has from its XNAT base types, usable in forms and display documents.
 INHERITED = {"ID", "label", "project", "date", "imageSession_ID", "meta/insert_date"}
@@ -140,10 +151,13 @@ def test_resource_layout_matches_datatypes() -> None:
     types = [t.split(":")[1] for t in _schema_types()]
     displays = sorted(p.name for p in (RESOURCES / "schemas" / prefix / "display").iterdir())
     assert displays == sorted(f"{prefix}_{t}_display.xml" for t in types)
-    screens = sorted(p.name for p in SCREENS.iterdir())
+    screens = sorted(p.name for p in SCREENS.iterdir() if p.is_file())
     expected = [f"XDATScreen_report_{prefix}_{t}.vm" for t in types]
     expected.append(f"XDATScreen_edit_{prefix}_ratingData.vm")
     assert screens == sorted(expected)
+    # the only sub-folder: the session page's Actions box add-on
+    assert sorted(p.name for p in SCREENS.iterdir() if p.is_dir()) == ["xnat_imageSessionData"]
+    assert sorted(p.name for p in ACTIONS_BOX.iterdir()) == ["CbctQaRating.vm"]
     # the schema's one source is where xnat-data-builder reads it; the Python copy links to it
     source = RESOURCES / "schemas" / prefix / f"{prefix}.xsd"
     assert source.is_file() and not source.is_symlink()
@@ -199,6 +213,11 @@ def test_display_document_lists_every_field(xsi_type: str) -> None:
     assert {"listing", "full"} <= versions
     arcs = {a.get("name") for a in root.findall("Arc")}
     assert "ASSESSOR" in arcs
+    # XNAT quotes values in SQL filters by the display field's data-type: it knows its own type
+    # names (string, integer, ...), not Java class names; the "Inserted" column is a string
+    types = {f.get("id"): f.get("data-type") for f in fields if f.get("data-type")}
+    assert types.get("INSERT_DATE") == "string"
+    assert set(types.values()) <= {"string", "integer", "float", "boolean"}, types
 
 
 # --------------------------------------------------------------------------- templates
@@ -246,16 +265,58 @@ class _Scan:
 
 
 @dataclass
+class _Share:
+    project: str
+    label: str | None = None
+
+    def getProject(self) -> str:
+        return self.project
+
+
+@dataclass
+class _ItemStatus:
+    status: str
+
+    def getStatus(self) -> str:
+        return self.status
+
+
+@dataclass
 class _Session:
+    """An image session as XNAT's templates see it (``XnatImagesessiondata``)."""
+
     label: str
     project: str
     scans: list[_Scan]
+    session_id: str = "XNAT_E00001"
+    xsi_type: str = "xnat:ctSessionData"
+    status: str = "active"
+    shares: list[_Share] = field(default_factory=list)
 
     def getLabel(self) -> str:
         return self.label
 
     def getProject(self) -> str:
         return self.project
+
+    def getId(self) -> str:
+        return self.session_id
+
+    def getXSIType(self) -> str:
+        return self.xsi_type
+
+    def getItem(self) -> _ItemStatus:
+        return _ItemStatus(self.status)
+
+    def getSharing_share(self) -> list[_Share]:
+        return self.shares
+
+    def getIdentifier(self, project: str) -> str:
+        """The session's label in ``project`` (its own label unless shared under another)."""
+        for share in self.shares:
+            if share.project == project and share.label:
+                return share.label
+        return self.label
 
     def getSortedScans(self) -> list[_Scan]:
         return self.scans
@@ -308,6 +369,60 @@ def _render(
         "content": _Content(),
     }
     return str(airspeed.Template((SCREENS / template).read_text(encoding="utf-8")).merge(context))
+
+
+@dataclass
+class _UserHelper:
+    """XNAT's ``userHelper``: which projects the user may edit ratings in; records the checks."""
+
+    editable: set[str]
+    asked: list[tuple[str, str]] = field(default_factory=list)
+
+    def canEdit(self, path: str, project: str) -> bool:
+        self.asked.append((path, project))
+        return project in self.editable
+
+
+@dataclass
+class _HttpSession:
+    helper: _UserHelper
+
+    def getAttribute(self, name: str) -> Any:
+        return self.helper if name == "userHelper" else None
+
+
+@dataclass
+class _RunData:
+    session: _HttpSession
+
+    def getSession(self) -> _HttpSession:
+        return self.session
+
+
+class _Element:
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def getFullXMLName(self) -> str:
+        return self.name
+
+
+def _render_actions_box(session: _Session, editable: set[str]) -> tuple[str, _UserHelper]:
+    """Render the Actions-box add-on as on the session's report page."""
+    helper = _UserHelper(editable)
+    context = {
+        "om": session,
+        "element": _Element(session.xsi_type),
+        "search_field": f"{session.xsi_type}.ID",
+        "search_value": session.session_id,
+        "dataPopup": "false",
+        "data": _RunData(_HttpSession(helper)),
+        "esc": _Escape(),
+        "link": _Link(),
+        "content": _Content(),
+    }
+    source = (ACTIONS_BOX / "CbctQaRating.vm").read_text(encoding="utf-8")
+    return str(airspeed.Template(source).merge(context)), helper
 
 
 @pytest.mark.parametrize(
@@ -369,6 +484,12 @@ def test_rating_form_for_a_new_rating() -> None:
     # rater: the logged-in user, read-only; label per the contract, sanitised
     assert by_name[f"{x}/rater"]["value"] == "dr.bob" and "readonly" in by_name[f"{x}/rater"]
     assert by_name[f"{x}/label"]["value"] == "S_001_a_rating_dr_bob"
+    assert by_name[f"{x}/label"]["value"] == rating_label("S 001/a", "dr.bob")  # as the gateway
+    # posted the way XNAT's generated image-assessor forms post
+    (form,) = etree.HTML(rendered).iter("form")
+    assert form.get("method") == "post"
+    assert form.get("action") == "/app/action/ModifyImageAssessorData"
+    assert by_name["project"]["value"] == "HN_CBCT" and by_name["project"]["type"] == "hidden"
     assert by_name[f"{x}/project"]["value"] == "HN_CBCT"
     assert by_name[f"{x}/imageSession_ID"]["value"] == "XNAT_E00001"
     assert by_name["ELEMENT_0"]["value"] == x
@@ -416,6 +537,139 @@ def test_rating_form_edits_own_rating_and_locks_others() -> None:
     assert all("disabled" in i for i in other_inputs if i.get("type") == "radio")
     rater = next(i for i in other_inputs if i.get("name") == f"{x}/rater")
     assert rater["value"] == "alice"  # an existing rating keeps its rater
+
+
+def test_rating_form_labels_a_shared_session_by_its_label_in_the_project() -> None:
+    x = "cbctqa:ratingData"
+    session = _Session("S001_A", "HN", [], shares=[_Share("TRIAL", "T-17")])
+    item = RecordingItem({f"{x}/project": "TRIAL"})
+    rendered = _render("XDATScreen_edit_cbctqa_ratingData.vm", item, user="carol", session=session)
+    label = next(i for i in _form_inputs(rendered) if i.get("name") == f"{x}/label")
+    assert label["value"] == rating_label("T-17", "carol") == "T-17_rating_carol"
+
+
+# --------------------------------------------------------------------------- actions box
+
+
+def _action_links(rendered: str) -> list[str]:
+    return (
+        [a.get("href") for a in etree.HTML(rendered).iter("a") if a.get("href")]
+        if rendered.strip()
+        else []
+    )
+
+
+def test_actions_box_opens_the_rating_form_per_editable_project() -> None:
+    session = _Session(
+        "S001_CBCT_03", "HN_CBCT", [], session_id="XNAT_E00012",
+        shares=[_Share("TRIAL_A"), _Share("TRIAL_B")],
+    )  # fmt: skip
+    rendered, helper = _render_actions_box(session, {"HN_CBCT", "TRIAL_B"})
+    assert "Rate CBCT quality" in rendered
+    links = _action_links(rendered)
+    assert links == [
+        "/app/action/XDATActionRouter/xdataction/XDATScreen_edit_cbctqa_ratingData"
+        "/search_element/xnat:ctSessionData/search_field/xnat:ctSessionData.ID"
+        f"/search_value/XNAT_E00012/popup/false/project/{project}"
+        for project in ("HN_CBCT", "TRIAL_B")
+    ]
+    # the edit screen named in the link is the template and the screen class shipped here
+    assert (SCREENS / "XDATScreen_edit_cbctqa_ratingData.vm").is_file()
+    assert EDIT_SCREEN_CLASS.stem == "XDATScreen_edit_cbctqa_ratingData"
+    # permission is asked for the rating datatype, project by project
+    assert {path for path, _ in helper.asked} == {"cbctqa:ratingData/project"}
+    assert {p for _, p in helper.asked} == {"HN_CBCT", "TRIAL_A", "TRIAL_B"}
+
+
+@pytest.mark.parametrize(
+    ("session", "editable"),
+    [
+        (_Session("S", "HN", [], xsi_type="xnat:mrSessionData"), {"HN"}),  # not a CT session
+        (_Session("S", "HN", [], status="obsolete"), {"HN"}),
+        (_Session("S", "HN", [], shares=[_Share("T")]), set()),  # may edit in no project
+    ],
+)
+def test_actions_box_offers_nothing_where_no_rating_can_be_made(
+    session: _Session, editable: set[str]
+) -> None:
+    rendered, _ = _render_actions_box(session, editable)
+    assert "Rate CBCT quality" not in rendered and not _action_links(rendered)
+
+
+def test_actions_box_shared_project_only() -> None:
+    session = _Session("S", "HN", [], session_id="XNAT_E9", shares=[_Share("TRIAL")])
+    rendered, _ = _render_actions_box(session, {"TRIAL"})
+    links = _action_links(rendered)
+    assert len(links) == 1 and links[0].endswith("/search_value/XNAT_E9/popup/false/project/TRIAL")
+
+
+# --------------------------------------------------------------------------- Java: rating labels
+
+
+def _java_code(path: Path) -> str:
+    source = path.read_text(encoding="utf-8")
+    source = re.sub(r"/\*.*?\*/", "", source, flags=re.S)
+    return re.sub(r"(?m)//.*$", "", source)
+
+
+def _package_of(path: Path) -> str:
+    package = re.search(r"^package ([\w.]+);", _java_code(path), re.M)
+    assert package, path
+    return package.group(1)
+
+
+def test_java_rating_label_rule_is_the_gateways() -> None:
+    code = _java_code(RATING_LABELS)
+    unsafe = re.search(r'UNSAFE_LABEL_CHARACTERS\s*=\s*"([^"]*)"', code)
+    infix = re.search(r'RATING_INFIX\s*=\s*"([^"]*)"', code)
+    assert unsafe and infix
+    # the same character class and joiner as xnat_plugin.gateway.records.rating_label
+    probes = [("S 001/a", "dr.bob"), ("CBCT_01", "x@y.z"), ("é ü", "a-b_c"), ("P1-S2", "ann")]
+    for session_label, rater in probes:
+        java_rule = re.sub(unsafe.group(1), "_", session_label + infix.group(1) + rater)
+        assert java_rule == rating_label(session_label, rater)
+        assert java_rule == safe_label_part(f"{session_label}_rating_{rater}")
+    assert re.search(r'\.replaceAll\("_"\)', code)
+
+
+def test_java_classes_sit_where_xnat_finds_them() -> None:
+    for path in (JAVA, RATING_LABELS, EDIT_SCREEN_CLASS, PRE_SAVE):
+        # one public class per file, named as the file, in the folder of its package
+        assert re.search(rf"\bpublic (?:final )?class {path.stem}\b", _java_code(path)), path
+        assert path.parent == JAVA_ROOT / _package_of(path).replace(".", "/")
+    # Turbine looks screen classes up by the template's name in org.nrg.xnat.turbine.modules
+    assert _package_of(EDIT_SCREEN_CLASS) == "org.nrg.xnat.turbine.modules.screens"
+    screen = _java_code(EDIT_SCREEN_CLASS)
+    assert re.search(
+        r"extends\s+org\.nrg\.xdat\.turbine\.modules\.screens\.XDATScreen_edit_cbctqa_ratingData\b",
+        screen,
+    )  # the class xnat-data-builder generates from cbctqa.xsd
+    # ModifyImageAssessorData runs every PreSaveAction of this one package before saving
+    assert _package_of(PRE_SAVE) == "org.nrg.xnat.actions.imageAssessorEdit.preSave"
+    assert "implements ModifyImageAssessorData.PreSaveAction" in _java_code(PRE_SAVE)
+
+
+@pytest.mark.parametrize("path", [EDIT_SCREEN_CLASS, PRE_SAVE], ids=["screen", "pre-save"])
+def test_java_looks_the_rating_label_up_before_making_a_new_one(path: Path) -> None:
+    code = _java_code(path)
+    label = code.index("RatingLabels.ratingLabel(session.getIdentifier(")
+    lookup = code.index("XnatExperimentdata.GetExptByProjectIdentifier(")
+    assert label < lookup
+    assert "CbctqaRatingdata.SCHEMA_ELEMENT_NAME.equals(existing.getXSIType())" in code
+    if path == EDIT_SCREEN_CLASS:
+        # an existing rating opens for editing; only otherwise is a new accession number made
+        assert (
+            lookup
+            < code.index("return existing.getItem();")
+            < code.index("XnatExperimentdata.CreateNewID()")
+        )
+        for setter in ("setImagesessionId(", "setProject(", "setLabel(label)", "setRater(rater)"):
+            assert setter in code, setter
+    else:
+        assert lookup < code.index("rating.setId(existing.getId());")
+        assert "rating.setLabel(label);" in code
+        # a form naming another rater is refused
+        assert re.search(r"!login\.equals\(rating\.getRater\(\)\)\)\s*\{\s*throw", code)
 
 
 # --------------------------------------------------------------------------- automation script
@@ -487,5 +741,11 @@ def test_readme_documents_install_and_push() -> None:
         "xnat.session.archived",
         "polling",
         "nrgxnat.jfrog.io",
+        "src/main/resources/schemas/cbctqa/cbctqa.xsd",
+        "Actions → Rate CBCT quality",
+        "ModifyImageAssessorData",
     ):
         assert needle in readme, needle
+    # XNAT activates the @XnatDataModel datatypes itself at start-up: no such install step
+    steps = re.findall(r"(?m)^\d+\. .*$", readme)
+    assert steps and not any("Setup Additional Data Type" in step for step in steps), steps
