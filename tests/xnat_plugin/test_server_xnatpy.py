@@ -142,6 +142,9 @@ def test_assessor_resource_upload_download_digest(imported: Any, session: Any, t
 
 
 def test_experiments_listing_filters_columns_and_search(imported: Any, session: Any) -> None:
+    # this test makes the assessments it lists (it must pass alone and in any order)
+    session.classes.CbctqaQaAssessmentData(parent=imported, label="SESS1_cbctqa_3_list").mset(
+        {"status": "complete", "scan_id": "1"})
     session.classes.CbctqaQaAssessmentData(parent=imported, label="SESS1_cbctqa_2_v1").mset(
         {"status": "failed", "failure_reason": "no slices"})
     rows = session.get_json("/data/experiments", query={
@@ -149,7 +152,7 @@ def test_experiments_listing_filters_columns_and_search(imported: Any, session: 
         "columns": "ID,label,cbctqa:qaassessmentdata/status,xnat:experimentData/meta/last_modified",
     })["ResultSet"]["Result"]
     status = {r["label"]: r["cbctqa:qaassessmentdata/status"] for r in rows}
-    assert status["SESS1_cbctqa_1_v1"] == "complete"
+    assert status["SESS1_cbctqa_3_list"] == "complete"
     assert status["SESS1_cbctqa_2_v1"] == "failed"
     # XNAT answers an xpath that matches one of its shortcuts under the shortcut's name
     assert all(r["last_modified"] for r in rows)
@@ -163,11 +166,12 @@ def test_experiments_listing_filters_columns_and_search(imported: Any, session: 
     cls = session.classes.CbctqaQaAssessmentData
     found = cls.query().view(cls.ID, cls.LABEL, cls.STATUS).filter(cls.STATUS == "complete") \
         .tabulate_dict()
-    assert {r["label"] for r in found} >= {"SESS1_cbctqa_1_v1"}
+    assert {r["label"] for r in found} >= {"SESS1_cbctqa_3_list"}
+    assert "SESS1_cbctqa_2_v1" not in {r["label"] for r in found}
     assert all(r["status"] == "complete" for r in found)
 
 
-def test_permissions_401_and_403(xnat_server: RunningServer, session: Any) -> None:
+def test_permissions_401_and_403(xnat_server: RunningServer, session: Any, imported: Any) -> None:
     response = requests.get(f"{xnat_server.url}/data/projects", auth=("admin", "wrong"), timeout=10)
     assert response.status_code == 401
     with pytest.raises(xnat.exceptions.XNATLoginFailedError):
@@ -187,19 +191,24 @@ def test_permissions_401_and_403(xnat_server: RunningServer, session: Any) -> No
                                             rater="reader")
         with pytest.raises(XNATResponseError, match="403"):
             reader.get("/data/projects/HIDDEN")
-        assert "reader" in reader.users
+        # restrictUserListAccessToAdmins (on by default): only site admins list users
+        with pytest.raises(XNATResponseError, match="403"):
+            reader.get("/data/users")
+        assert "reader" in session.users
         project_users = reader.projects[PROJECT].users
         assert project_users["reader"].access_level == "Collaborators"
 
 
-def test_restart_keeps_everything(xnat_server: RunningServer, imported: Any) -> None:
+def test_restart_keeps_everything(xnat_server: RunningServer, imported: Any, session: Any) -> None:
     session_id = imported.id
+    session.classes.CbctqaQaAssessmentData(parent=imported, label="SESS1_cbctqa_1_restart").mset(
+        {"status": "complete", "parotid_score": 3.25})
     xnat_server.restart()
     with xnat.connect(xnat_server.url, user=xnat_server.user, password=xnat_server.password,
                       loglevel="ERROR") as fresh:
         experiment = fresh.experiments[session_id]
         assert experiment.label == "SESS1"
-        assessment = experiment.assessors["SESS1_cbctqa_1_v1"]
+        assessment = experiment.assessors["SESS1_cbctqa_1_restart"]
         assert assessment.status == "complete"
         assert assessment.parotid_score == pytest.approx(3.25)
         assert experiment.scans["1"].resources["DICOM"].file_count == 4

@@ -29,10 +29,12 @@ from types import TracebackType
 from qa_core.errors import ConfigurationError
 
 from .app import AppConfig, XnatApp, XnatHTTPServer
+from .auth import SecuritySettings
 from .faults import FaultConfig
 from .resources import ZipLimits
 
-__all__ = ["FaultConfig", "RunningServer", "ServerConfig", "is_loopback", "run_in_thread"]
+__all__ = ["FaultConfig", "RunningServer", "SecuritySettings", "ServerConfig", "is_loopback",
+           "run_in_thread"]
 
 
 @dataclass(frozen=True)
@@ -62,6 +64,9 @@ class ServerConfig:
     strict : bool
         Answer only what XNAT would: listings without this server's extra keys, in XNAT's
         key case (see :mod:`xnat_plugin.server.columns`); for tests of clients.
+    security : SecuritySettings
+        Lockout after failed logins, user-list restriction, session idle timeout (XNAT's
+        ``maxFailedLogins``, ``restrictUserListAccessToAdmins``, ``sessionTimeout`` ...).
     """
 
     data_dir: Path
@@ -76,6 +81,7 @@ class ServerConfig:
     tls_key: Path | None = None
     zip_limits: ZipLimits = field(default_factory=ZipLimits)
     strict: bool = False
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
     def __post_init__(self) -> None:
         if not self.admin_user:
@@ -151,7 +157,7 @@ class RunningServer:
             data_dir=Path(cfg.data_dir), admin_user=cfg.admin_user,
             admin_password=cfg.admin_password, database_url=cfg.database_url,
             schema_dirs=tuple(cfg.schema_dirs), faults=cfg.faults, zip_limits=cfg.zip_limits,
-            strict=cfg.strict,
+            strict=cfg.strict, security=cfg.security,
         ))
         try:
             httpd = XnatHTTPServer((cfg.host, self.port), app)

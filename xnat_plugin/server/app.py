@@ -20,6 +20,7 @@ import logging
 import mimetypes
 import os
 import re
+import secrets
 import shutil
 import socket
 import tempfile
@@ -43,7 +44,9 @@ from . import search as srch
 from .auth import (
     ROLES,
     Access,
+    FailedLogins,
     Principal,
+    SecuritySettings,
     SessionTable,
     hash_password,
     parse_basic,
@@ -61,6 +64,7 @@ from .resources import (
 )
 from .schemas import SchemaCatalog, SchemaError
 from .store import FileRow, ObjectRow, ProjectRow, ResourceRow, Store, Tx, now_text
+from .xmlsafe import XmlRejected, parse_xml
 
 __all__ = ["HttpError", "Request", "Response", "XnatApp", "XnatHTTPServer"]
 
@@ -221,6 +225,7 @@ class AppConfig:
     max_buffered_body_bytes: int = 1 << 30
     site_id: str = "XNAT"
     strict: bool = False
+    security: SecuritySettings = field(default_factory=SecuritySettings)
 
 
 class XnatApp:
@@ -230,10 +235,15 @@ class XnatApp:
         self.config = config
         self.store = Store(config.data_dir, config.database_url)
         self.schemas = SchemaCatalog(list(config.schema_dirs) or None)
-        self.sessions = SessionTable(self.store)
+        security = config.security
+        self.sessions = SessionTable(self.store, idle_timeout_s=security.session_timeout)
+        self.failed_logins = FailedLogins(security.max_failed_logins,
+                                          security.max_failed_logins_lockout_duration)
         self.faults = FaultInjector(config.faults)
         self._verified: dict[str, str] = {}
         self._verified_lock = threading.Lock()
+        # unknown users are checked against this, so they take as long as a wrong password
+        self._dummy_hash = hash_password(secrets.token_hex(16))
         self._ensure_admin()
 
     def close(self) -> None:
@@ -249,19 +259,31 @@ class XnatApp:
                             "", "Site", "Admin", True, True, True)
 
     def _check_password(self, login: str, password: str) -> bool:
+        """True for the right password of an enabled user that is not locked out.
+
+        Every failure (unknown user, disabled user, wrong password, locked out) costs one
+        full password hash and counts towards the lockout of ``login``.
+        """
         with self.store.transaction() as tx:
             user = tx.user(login)
-        if user is None or not user["enabled"]:
-            return False
-        key = hashlib.sha256(f"{login}\0{password}\0{user['password_hash']}".encode()).hexdigest()
-        with self._verified_lock:
-            if self._verified.get(login) == key:
-                return True
-        if verify_password(password, user["password_hash"]):
+        locked = self.failed_logins.locked(login)
+        if user is not None and user["enabled"] and not locked:
+            key = hashlib.sha256(
+                f"{login}\0{password}\0{user['password_hash']}".encode()).hexdigest()
             with self._verified_lock:
-                self._verified[login] = key
-            return True
-        return False
+                if self._verified.get(login) == key:
+                    return True
+        stored = user["password_hash"] if user is not None else self._dummy_hash
+        matches = verify_password(password, stored)
+        if locked:
+            return False
+        if user is None or not user["enabled"] or not matches:
+            self.failed_logins.failed(login)
+            return False
+        self.failed_logins.succeeded(login)
+        with self._verified_lock:
+            self._verified[login] = key
+        return True
 
     def _principal(self, login: str) -> Principal:
         with self.store.transaction() as tx:
@@ -292,7 +314,7 @@ class XnatApp:
             return resp
         except SchemaError as exc:
             return Response.text(str(exc), 400)
-        except (UnsafePathError, DicomImportError, srch.SearchError) as exc:
+        except (UnsafePathError, DicomImportError, srch.SearchError, XmlRejected) as exc:
             return Response.text(str(exc), 400)
         except (zipfile.BadZipFile, zlib.error) as exc:  # raised while reading a client's zip
             return Response.text(f"the uploaded zip is corrupt ({exc}); check the file and "
@@ -370,6 +392,7 @@ class XnatApp:
         if path == "/data/services/import" and method == "POST":
             return self._import(req)
         if path == "/data/users" and method == "GET":
+            self._require_user_list(principal)
             with self.store.transaction() as tx:
                 rows = [{"login": u["login"], "email": u["email"], "firstname": u["first_name"],
                          "lastname": u["last_name"], "enabled": "1" if u["enabled"] else "0"}
@@ -427,13 +450,25 @@ class XnatApp:
             return self._xapi_users(req, parts[1:])
         raise HttpError(404, f"Not found: /xapi/{rest}")
 
+    def _require_user_list(self, principal: Principal) -> None:
+        """403 for a non-admin listing users under ``restrictUserListAccessToAdmins``."""
+        if self.config.security.restrict_user_list_access_to_admins and not principal.site_admin:
+            raise HttpError(403, f"User {principal.login} may not list users: this site "
+                                 "restricts the user list to site admins "
+                                 "(restrictUserListAccessToAdmins)")
+
     def _xapi_users(self, req: Request, parts: list[str]) -> Response:
         principal = req.principal
         assert principal is not None
         if req.method == "GET" and not parts:
+            self._require_user_list(principal)
             with self.store.transaction() as tx:
                 return Response.json([u["login"] for u in tx.users()])
+        if len(parts) == 3 and parts[1] == "enabled" and req.method in {"PUT", "POST"}:
+            return self._set_enabled(principal, parts[0], parts[2])
         if req.method == "GET":
+            if parts[0] != principal.login:
+                self._require_user_list(principal)
             with self.store.transaction() as tx:
                 user = tx.user(parts[0])
             if user is None:
@@ -477,8 +512,29 @@ class XnatApp:
                             bool(existing["site_admin"]) if existing else False)
             if password is not None or not flags["enabled"]:
                 self.sessions.drop_user(login)
+            if flags["enabled"]:
+                self.failed_logins.unlock(login)
             return Response.json({"username": login}, 201 if existing is None else 200)
         raise HttpError(405, f"{req.method} not allowed on /xapi/users")
+
+    def _set_enabled(self, principal: Principal, login: str, flag: str) -> Response:
+        """``PUT /xapi/users/{user}/enabled/{true|false}`` (XNAT's); true also ends a lockout."""
+        if not principal.site_admin:
+            raise HttpError(403, f"User {principal.login} may not manage users (site admin only)")
+        if flag not in {"true", "false"}:
+            raise HttpError(400, f"/xapi/users/{login}/enabled/{flag}: use true or false")
+        with self.store.transaction() as tx:
+            user = tx.user(login)
+            if user is None:
+                raise HttpError(404, f"User {login} not found")
+            tx.put_user(login, user["password_hash"], user["email"], user["first_name"],
+                        user["last_name"], flag == "true", bool(user["verified"]),
+                        bool(user["site_admin"]))
+        if flag == "true":
+            self.failed_logins.unlock(login)
+        else:
+            self.sessions.drop_user(login)
+        return Response.text("")
 
     # -- search elements ------------------------------------------------------------------
     def _kind_of_type(self, xsi_type: str) -> str | None:
@@ -1063,10 +1119,7 @@ class XnatApp:
         return None
 
     def _xml_fields(self, doc: bytes) -> tuple[str | None, dict[str, str]]:
-        try:
-            root = ET.fromstring(doc)
-        except ET.ParseError as exc:
-            raise HttpError(400, f"XML body is not well-formed: {exc}") from exc
+        root = parse_xml(doc, "XML body")
         xsi_type = root.get(f"{_XSI}type")
         if xsi_type is None and root.tag.startswith("{"):
             ns, _, local = root.tag[1:].partition("}")
@@ -2085,6 +2138,9 @@ class XnatHTTPServer(ThreadingHTTPServer):
 
     daemon_threads = True
     allow_reuse_address = True
+    #: listen backlog: the standard library's 5 makes every sixth connection of a burst
+    #: (many workers starting at once) wait for a SYN retransmission, about a second
+    request_queue_size = 1024
 
     def __init__(self, address: tuple[str, int], app: XnatApp) -> None:
         self.app = app

@@ -16,6 +16,13 @@ site admin     yes  yes             yes    yes
 ============== ==== =============== ====== ================
 
 A user without a role does not see the project at all (listings are filtered).
+
+Site security settings (:class:`SecuritySettings`) mirror XNAT's site settings of the same
+names: ``maxFailedLogins`` / ``maxFailedLoginsLockoutDuration`` (lockout after repeated
+failures, counted per login name across ``/data/services/auth`` and Basic auth, unknown
+names included, so a locked name says nothing about whether the user exists),
+``restrictUserListAccessToAdmins`` and ``sessionTimeout`` (idle expiry of a JSESSIONID).
+Unknown users are checked against a dummy hash, so they take as long as a wrong password.
 """
 
 from __future__ import annotations
@@ -24,7 +31,10 @@ import base64
 import hashlib
 import hmac
 import secrets
+import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -34,7 +44,9 @@ if TYPE_CHECKING:
 __all__ = [
     "ROLES",
     "Access",
+    "FailedLogins",
     "Principal",
+    "SecuritySettings",
     "SessionTable",
     "hash_password",
     "parse_basic",
@@ -115,6 +127,92 @@ class Access:
         if role == "Collaborators":
             return cls(True, False, False, False)
         return cls(False, False, False, False)
+
+
+@dataclass(frozen=True)
+class SecuritySettings:
+    """Site security settings, named after XNAT's site settings.
+
+    Attributes
+    ----------
+    max_failed_logins : int
+        XNAT's ``maxFailedLogins``: failed logins of one login name that lock it; 0 or less
+        turns the lockout off.
+    max_failed_logins_lockout_duration : float
+        XNAT's ``maxFailedLoginsLockoutDuration``, in seconds: how long a lockout lasts (an
+        admin ends it sooner with ``PUT /xapi/users/{user}/enabled/true``).
+    restrict_user_list_access_to_admins : bool
+        XNAT's ``restrictUserListAccessToAdmins``: only site admins list users
+        (``/data/users``, ``/xapi/users``); others may read only their own record.
+    session_timeout : float
+        XNAT's ``sessionTimeout``, in seconds: a JSESSIONID unused this long ends.
+    """
+
+    max_failed_logins: int = 20
+    max_failed_logins_lockout_duration: float = 3600.0
+    restrict_user_list_access_to_admins: bool = True
+    session_timeout: float = 900.0
+
+    def __post_init__(self) -> None:
+        from qa_core.errors import ConfigurationError
+
+        if self.max_failed_logins_lockout_duration < 0:
+            raise ConfigurationError("maxFailedLoginsLockoutDuration must be >= 0 seconds, got "
+                                     f"{self.max_failed_logins_lockout_duration}")
+        if self.session_timeout <= 0:
+            raise ConfigurationError(f"sessionTimeout must be > 0 seconds, got {self.session_timeout}")
+
+
+class FailedLogins:
+    """Failed-login counts per login name, and lockouts; thread-safe, in memory.
+
+    Names that do not exist are counted like real ones, so that a lockout does not reveal
+    which users exist. At most ``capacity`` names are tracked (the oldest are forgotten).
+    """
+
+    def __init__(self, max_failed: int, lockout_s: float,
+                 clock: Callable[[], float] = time.monotonic, capacity: int = 100_000) -> None:
+        self.max_failed = max_failed
+        self.lockout_s = lockout_s
+        self.clock = clock
+        self.capacity = capacity
+        self._state: OrderedDict[str, tuple[int, float]] = OrderedDict()  # count, locked until
+        self._lock = threading.Lock()
+
+    def locked(self, login: str) -> bool:
+        """True while ``login`` is locked out (an ended lockout resets its count)."""
+        if self.max_failed <= 0:
+            return False
+        with self._lock:
+            count, until = self._state.get(login, (0, 0.0))
+            if count < self.max_failed:
+                return False
+            if self.clock() < until:
+                return True
+            del self._state[login]
+            return False
+
+    def failed(self, login: str) -> None:
+        """Count one failed login; the ``max_failed``-th locks the name."""
+        if self.max_failed <= 0:
+            return
+        with self._lock:
+            count, until = self._state.pop(login, (0, 0.0))
+            count += 1
+            if count >= self.max_failed and until == 0.0:
+                until = self.clock() + self.lockout_s
+            self._state[login] = (count, until)
+            while len(self._state) > self.capacity:
+                self._state.popitem(last=False)
+
+    def succeeded(self, login: str) -> None:
+        """A good login resets the count."""
+        self.unlock(login)
+
+    def unlock(self, login: str) -> None:
+        """End a lockout (an admin re-enables the account)."""
+        with self._lock:
+            self._state.pop(login, None)
 
 
 class SessionTable:

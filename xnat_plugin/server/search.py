@@ -28,6 +28,7 @@ from qa_core.errors import CbctQaError
 
 from .schemas import SchemaCatalog
 from .store import ObjectRow, ProjectRow
+from .xmlsafe import XmlRejected, parse_xml
 
 __all__ = [
     "Bundle",
@@ -280,8 +281,8 @@ def parse_bundle(body: bytes) -> Bundle:
         When the body is not XML or lacks ``root_element_name``.
     """
     try:
-        root = ET.fromstring(body)
-    except ET.ParseError as exc:
+        root = parse_xml(body, "the body")
+    except XmlRejected as exc:
         raise SearchError(f"search body is not an xdat:bundle XML document: {exc}") from exc
 
     def local(tag: str) -> str:
@@ -296,7 +297,12 @@ def parse_bundle(body: bytes) -> Bundle:
             root_name = (child.text or "").strip()
         elif tag == "search_field":
             parts = {local(c.tag): (c.text or "").strip() for c in child}
-            seq = int(parts.get("sequence") or len(fields))
+            seq_text = parts.get("sequence") or str(len(fields))
+            try:
+                seq = int(seq_text)
+            except ValueError as exc:
+                raise SearchError(f"search_field {parts.get('field_ID', '')!r}: xdat:sequence "
+                                  f"{seq_text[:40]!r} is not an integer") from exc
             fields.append((parts.get("element_name", ""), parts.get("field_ID", ""), seq))
         elif tag == "search_where":
             where = _parse_criteria(child, local)
