@@ -20,7 +20,7 @@ import csv
 import logging
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +35,7 @@ if TYPE_CHECKING:
     from torch import nn
 
     from qa_core.attribution import AttributionResult
+    from qa_core.image_checks import ImageCheckReport
     from qa_core.statistics import CohortAnalysis
     from qa_core.volume import Volume
     from xnat_plugin.gateway import (
@@ -50,7 +51,10 @@ __all__ = [
     "analyze_project",
     "assessment_record",
     "cohort_rows",
+    "is_transient",
     "model_version",
+    "record_failure",
+    "score_scan",
     "score_session",
     "score_sessions",
     "write_outlier_flags",
@@ -58,6 +62,10 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+#: Prefix of the outlier reasons written at scoring time by the image checks (kept by
+#: :func:`write_outlier_flags`, which rewrites the cohort's statistical flags).
+IMAGE_CHECK_PREFIX = "image check:"
 
 #: Resource labels of an assessment's products.
 OVERLAYS, AE_SLICES, MAPS = "OVERLAYS", "AE_SLICES", "MAPS"
@@ -95,6 +103,19 @@ class ScoreOutcome:
     duration_s: float
     scores: dict[str, float]
     ae: dict[str, float]
+    timings: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage: ``select``, ``download``, ``load``, ``attribute``, ``products``,
+    ``upload`` (stages not reached are absent)."""
+    transient: bool = False
+    """``True`` when a failure came from transient trouble (XNAT 5xx, dropped connection,
+    timeout) rather than from the data."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """``True`` for XNAT 5xx, dropped connections and timeouts (worth another attempt)."""
+    from xnat_plugin.gateway import XnatConnectionError, XnatServerError
+
+    return isinstance(exc, XnatConnectionError | XnatServerError | TimeoutError | ConnectionError)
 
 
 def model_version(model: nn.Module) -> str:
@@ -165,11 +186,23 @@ def assessment_record(
     scan_id: str,
     model: nn.Module,
     duration_s: float,
+    image_checks: ImageCheckReport | None = None,
 ) -> AssessmentRecord:
-    """The ``complete`` assessment record of one scored scan (outlier flags not yet known)."""
+    """The ``complete`` assessment record of one scored scan.
+
+    Cohort outlier flags are not known yet (``None``), except that a failed image check
+    (:func:`qa_core.image_checks.check_image`: orientation, field of view, HU calibration,
+    body part, metal, motion) flags every category with its plain reason, prefixed
+    ``image check:`` (:data:`IMAGE_CHECK_PREFIX`).
+    """
     from xnat_plugin.gateway import AssessmentRecord, CategoryAssessment
 
     card: dict[str, Any] = getattr(model, "card", None) or {}
+    image_reason = (
+        "; ".join(f"{IMAGE_CHECK_PREFIX} {r}" for r in image_checks.reasons)[:1000]
+        if image_checks is not None
+        else ""
+    )
     return AssessmentRecord(
         status="complete",
         scan_id=scan_id,
@@ -188,10 +221,109 @@ def assessment_record(
                 score=float(result.scores[c]),
                 ae=float(result.ae[c]),
                 ae_per_voxel=float(result.ae_per_voxel[c]),
+                outlier=True if image_reason else None,
+                outlier_reason=image_reason,
             )
             for c in result.categories
         },
     )
+
+
+def image_checks_of(volume: Volume, session_label: str = "") -> ImageCheckReport | None:
+    """Image-level checks of a loaded volume; ``None`` (logged) when they cannot run."""
+    from qa_core.image_checks import check_image
+
+    try:
+        return check_image(volume)
+    except CbctQaError as exc:
+        logger.warning("session %s: image checks not run: %s", session_label, redact(str(exc)))
+        return None
+
+
+def score_scan(
+    gw: XnatGateway,
+    session: SessionRef,
+    scan_id: str,
+    model: nn.Module,
+    *,
+    workdir: Path,
+    method: str = "gradcam",
+    batch_size: int = 32,
+    top_k: int = 3,
+    timings: dict[str, float] | None = None,
+) -> tuple[str, AttributionResult]:
+    """Download, load, attribute, write products and the ``complete`` assessment of one scan.
+
+    Raises whatever goes wrong (no failure is recorded here; see :func:`record_failure`).
+    Returns the assessor's accession ID and the attribution. ``timings`` (if given) receives
+    the seconds of ``download``, ``load``, ``attribute``, ``products`` and ``upload``.
+    """
+    from qa_core.attribution import attribute_volume
+    from qa_core.dicom_series import load_series
+
+    times = timings if timings is not None else {}
+    t0 = time.perf_counter()
+    session_dir = workdir / session.label
+    folder = gw.download_scan(session, scan_id, dest_dir=session_dir / "download")
+    t1 = time.perf_counter()
+    times["download"] = t1 - t0
+    volume = load_series(folder)
+    t2 = time.perf_counter()
+    times["load"] = t2 - t1
+    result = attribute_volume(model, volume, method=method, batch_size=batch_size)
+    t3 = time.perf_counter()
+    times["attribute"] = t3 - t2
+    products = write_products(volume, result, session_dir / "products", top_k=top_k)
+    t4 = time.perf_counter()
+    times["products"] = t4 - t3
+    record = assessment_record(
+        result, volume, scan_id=scan_id, model=model, duration_s=time.perf_counter() - t0,
+        image_checks=image_checks_of(volume, session.label),
+    )  # fmt: skip
+    assessor = gw.write_assessment(session, record, resources=products)
+    times["upload"] = time.perf_counter() - t4
+    return assessor, result
+
+
+def record_failure(
+    gw: XnatGateway,
+    session: SessionRef,
+    scan_id: str,
+    version: str,
+    exc: BaseException,
+    *,
+    attempt: int = 1,
+    max_attempts: int = 1,
+    scans: str = "",
+) -> tuple[str, str | None]:
+    """Record a failed attempt on the session; returns ``(reason, assessor ID or None)``.
+
+    The reason (credentials redacted) is tagged with the attempt (see
+    :mod:`xnat_plugin.gateway.attempts`): transient trouble before the last attempt says
+    ``will retry``; bad data and the last attempt are final until the session's scans change.
+    Never raises for XNAT trouble while recording (it is logged; the session stays to do).
+    """
+    from xnat_plugin.gateway import tag_failure_reason
+
+    plain = redact(f"{type(exc).__name__}: {exc}")
+    reason = tag_failure_reason(
+        plain,
+        attempt=attempt,
+        max_attempts=max_attempts,
+        permanent=not is_transient(exc),
+        scans=scans,
+    )
+    logger.warning("session %s (%s) failed: %s", session.label, session.session_id, reason)
+    assessor_id: str | None = None
+    try:
+        assessor_id = gw.mark_failed(session, scan_id or "none", version, reason)
+    except CbctQaError as mark_exc:
+        logger.error(
+            "session %s: could not record the failure in XNAT either: %s",
+            session.label,
+            redact(str(mark_exc)),
+        )
+    return reason, assessor_id
 
 
 def score_session(
@@ -203,41 +335,44 @@ def score_session(
     method: str = "gradcam",
     batch_size: int = 32,
     top_k: int = 3,
+    attempt: int = 1,
+    max_attempts: int = 1,
+    mark_running: bool = False,
 ) -> ScoreOutcome:
     """Score one session and write its assessment (``complete``, or ``failed`` with the reason).
 
     Project errors (bad DICOM, no CT scan, XNAT refusing a write, ...) are caught, logged
-    with the session named, and recorded on the session as a ``failed`` assessment; the
-    outcome says what happened. Programming errors propagate.
+    with the session named, and recorded on the session as a ``failed`` assessment whose
+    reason carries the attempt tag (``attempt`` of ``max_attempts``, see
+    :func:`record_failure`); the outcome says what happened. Programming errors propagate.
+    With ``mark_running`` the assessment says ``running`` (scan and model version known)
+    before the download starts.
     """
-    from qa_core.attribution import attribute_volume
+    from xnat_plugin.gateway import AssessmentRecord, scans_fingerprint
 
     t0 = time.perf_counter()
     scan_id = ""
+    fingerprint = ""
     version = model_version(model)
-    session_dir = workdir / session.label
+    timings: dict[str, float] = {}
     try:
-        scan = gw.select_scan(session)
-        scan_id = scan.scan_id
-        volume = gw.load_session_volume(session, scan_id, dest_dir=session_dir / "download")
-        result = attribute_volume(model, volume, method=method, batch_size=batch_size)
-        products = write_products(volume, result, session_dir / "products", top_k=top_k)
-        record = assessment_record(
-            result, volume, scan_id=scan_id, model=model, duration_s=time.perf_counter() - t0
-        )
-        assessor = gw.write_assessment(session, record, resources=products)
-    except CbctQaError as exc:
-        reason = redact(f"{type(exc).__name__}: {exc}")
-        logger.warning("session %s (%s) failed: %s", session.label, session.session_id, reason)
-        assessor_id: str | None = None
-        try:
-            assessor_id = gw.mark_failed(session, scan_id or "none", version, reason)
-        except CbctQaError as mark_exc:
-            logger.error(
-                "session %s: could not record the failure in XNAT either: %s",
-                session.label,
-                redact(str(mark_exc)),
+        scans = gw.list_scans(session)
+        fingerprint = scans_fingerprint(scans)
+        scan_id = gw.select_scan(session, scans=scans).scan_id
+        if mark_running:
+            gw.write_assessment(
+                session, AssessmentRecord(status="running", scan_id=scan_id, model_version=version)
             )
+        timings["select"] = time.perf_counter() - t0
+        assessor, result = score_scan(
+            gw, session, scan_id, model, workdir=workdir, method=method,
+            batch_size=batch_size, top_k=top_k, timings=timings,
+        )  # fmt: skip
+    except CbctQaError as exc:
+        reason, assessor_id = record_failure(
+            gw, session, scan_id, version, exc,
+            attempt=attempt, max_attempts=max_attempts, scans=fingerprint,
+        )  # fmt: skip
         return ScoreOutcome(
             session_label=session.label,
             session_id=session.session_id,
@@ -248,6 +383,8 @@ def score_session(
             duration_s=time.perf_counter() - t0,
             scores={},
             ae={},
+            timings=timings,
+            transient=is_transient(exc),
         )
     return ScoreOutcome(
         session_label=session.label,
@@ -259,6 +396,7 @@ def score_session(
         duration_s=time.perf_counter() - t0,
         scores={c: float(v) for c, v in result.scores.items()},
         ae={c: float(v) for c, v in result.ae.items()},
+        timings=timings,
     )
 
 
@@ -363,15 +501,23 @@ def write_outlier_flags(
 ) -> int:
     """Write each category's outlier flag and reason onto the analysed assessments.
 
-    Only assessments whose flags change are rewritten (idempotent: a second call writes
-    nothing). Returns the number of assessments updated.
+    The flags are the default alerts of :func:`qa_core.outliers.alerts_from_analysis` (the
+    DESIGN's residual flags after a Holm step across the session's categories, influence,
+    and attribution atypical for the prediction); reasons written at scoring time by the
+    image checks (prefix :data:`IMAGE_CHECK_PREFIX`) are kept. Only assessments whose flags
+    change are rewritten (idempotent: a second call writes nothing). Returns the number of
+    assessments updated.
     """
+    from qa_core.outliers import alerts_from_analysis
+
+    assessments = list(assessments)
     flags: dict[tuple[str, str], list[str]] = {}
-    analysed: set[str] = set()
-    for cat_result in analysis.results:
-        analysed.add(cat_result.category)
-        for flag in cat_result.outliers:
-            flags.setdefault((flag.session, cat_result.category), []).append(flag.reason)
+    analysed = {cat_result.category for cat_result in analysis.results}
+    done = [a for a in assessments if a.record.status == "complete"]
+    predicted = {a.session_label: {c: r.score for c, r in a.record.categories.items()} for a in done}
+    ae = {a.session_label: {c: r.ae for c, r in a.record.categories.items()} for a in done}
+    for alert in alerts_from_analysis(analysis.results, predicted, ae):
+        flags.setdefault((alert.session, alert.category), []).append(alert.reason)
     updated = 0
     for a in assessments:
         rec = a.record
@@ -381,7 +527,8 @@ def write_outlier_flags(
         for cat, res in rec.categories.items():
             if cat not in analysed:
                 continue
-            reasons = flags.get((a.session_label, cat), [])
+            kept = [r for r in res.outlier_reason.split("; ") if r.startswith(IMAGE_CHECK_PREFIX)]
+            reasons = kept + flags.get((a.session_label, cat), [])
             reason = "; ".join(reasons)[:1000]
             cats[cat] = replace(res, outlier=bool(reasons), outlier_reason=reason)
         if cats != dict(rec.categories):
