@@ -55,7 +55,7 @@ EXTERNAL_VARIABLES: tuple[tuple[str, str, str], ...] = (
      "127.0.0.1:`CBCTQA_PREFECT_PORT`.", "unset (local server)"),
     ("PREFECT_HOME", "Prefect's own folder: the local server's SQLite database, profiles, "
      "logs.", "`~/.prefect`"),
-    ("PREFECT_API_DATABASE_CONNECTION_URL", "Prefect server's database (production: "
+    ("PREFECT_SERVER_DATABASE_CONNECTION_URL", "Prefect server's database (production: "
      "`postgresql+asyncpg://prefect:PASSWORD@postgres:5432/prefect`). Secret when it holds a "
      "password.", "SQLite under `PREFECT_HOME`"),
     ("PREFECT_SERVER_ANALYTICS_ENABLED", "Prefect's usage analytics; the product turns them "

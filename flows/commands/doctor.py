@@ -56,7 +56,7 @@ REQUIRED_DATATYPES = ("cbctqa:qaAssessmentData", "cbctqa:ratingData")
 WRITE_ROLES = frozenset({"owner", "member"})
 
 _PLUGIN_FIX = (
-    "build the plugin JAR (cd xnat_plugin/plugin && gradle jar), copy "
+    "build the plugin JAR (cd xnat_plugin/plugin && gradle xnatPluginJar), copy "
     "build/libs/cbctqa-xnat-plugin-*-xpl.jar into XNAT's plugins/ folder and restart XNAT "
     "(see xnat_plugin/plugin/README.md)"
 )
