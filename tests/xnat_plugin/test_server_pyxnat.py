@@ -117,7 +117,11 @@ def test_wrong_password_is_refused(xnat_server: RunningServer) -> None:
 
 
 def test_assessor_out_resources(experiment: Any, tmp_path: Path) -> None:
-    assessor = experiment.assessor("PE1_cbctqa_1_v2")
+    # its own assessor: the test passes alone and in any order
+    assessor = experiment.assessor("PE1_cbctqa_1_maps")
+    assessor.create(assessors="cbctqa:qaAssessmentData",
+                    **{"cbctqa:qaAssessmentData/status": "complete"})
+    assert assessor.datatype() == "cbctqa:qaAssessmentData"
     source = tmp_path / "map.npz"
     source.write_bytes(b"\x00\x01raw-map")
     assessor.out_resource("MAPS").file("map.npz").put(str(source))
