@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import re
 import threading
 import time
 from pathlib import Path
@@ -35,34 +36,32 @@ def test_missing_data_dir_and_password(monkeypatch: pytest.MonkeyPatch,
     assert "between 0 and 1" in capsys.readouterr().err
 
 
-def test_serves_from_environment_until_stopped(tmp_path: Path,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_serves_from_environment_until_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
     monkeypatch.setenv("CBCTQA_XNAT_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.setenv("CBCTQA_XNAT_ADMIN_USER", "envadmin")
     monkeypatch.setenv("CBCTQA_XNAT_ADMIN_PASSWORD", "env-pw")
-    with __import__("socket").socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    monkeypatch.setenv("CBCTQA_XNAT_PORT", str(port))
+    # port 0: the server binds any free port itself and reports it (no probe-and-close race)
+    monkeypatch.setenv("CBCTQA_XNAT_PORT", "0")
     args = build_parser().parse_args(["xnat-server"])
     assert isinstance(args, argparse.Namespace)
     stop = threading.Event()
     worker = threading.Thread(target=xnat_server.run, args=(args, stop), daemon=True)
     worker.start()
-    url = f"http://127.0.0.1:{port}/data/auth"
+    printed = ""
     deadline = time.monotonic() + 10
-    while True:
-        try:
-            response = requests.get(url, auth=("envadmin", "env-pw"), timeout=2)
-            break
-        except requests.ConnectionError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+    while "serving" not in printed:
+        assert worker.is_alive() and time.monotonic() < deadline, printed
+        time.sleep(0.05)
+        printed += capsys.readouterr().out
+    found = re.search(r"serving (http://127\.0\.0\.1:(\d+)) ", printed)
+    assert found and int(found.group(2)) > 0, printed
+    response = requests.get(f"{found.group(1)}/data/auth", auth=("envadmin", "env-pw"), timeout=5)
     assert response.text == "User 'envadmin' is logged in"
     stop.set()
     worker.join(timeout=10)
     assert not worker.is_alive()
+    assert "stopped" in capsys.readouterr().out
     assert (tmp_path / "data" / "xnat.sqlite").exists()
 
 
