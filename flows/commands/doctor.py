@@ -301,6 +301,11 @@ class Doctor:
                 "set CBCTQA_PREFECT_PORT to a free port, or PREFECT_API_URL to your Prefect server",
             )
         shown = redact(api)
+        auth_string = os.environ.get("PREFECT_API_AUTH_STRING")
+        auth: tuple[str, str] | None = None
+        if auth_string and ":" in auth_string:
+            user, _, password = auth_string.partition(":")
+            auth = (user, password)
         try:
             health = requests.get(f"{api}/health", timeout=self.timeout)
         except requests.RequestException as exc:
@@ -318,16 +323,22 @@ class Doctor:
             )
         version = "?"
         try:
-            v = requests.get(f"{api}/admin/version", timeout=self.timeout)
+            v = requests.get(f"{api}/admin/version", timeout=self.timeout, auth=auth)
             if v.status_code == 200:
                 version = str(v.json())
+            elif v.status_code == 401:
+                return CheckResult(
+                    "prefect", "fail", f"Prefect at {shown} refused the request (HTTP 401)",
+                    "set PREFECT_API_AUTH_STRING to the server's PREFECT_SERVER_API_AUTH_STRING "
+                    "(user:password; docker/prefect-auth.env in the compose stack)",
+                )
         except (requests.RequestException, ValueError):
             pass
         detail = f"Prefect server {version} healthy at {shown}"
         if self.pool:
             try:
                 pool = requests.get(f"{api}/work_pools/{urllib.parse.quote(self.pool, safe='')}",
-                                    timeout=self.timeout)
+                                    timeout=self.timeout, auth=auth)
             except requests.RequestException as exc:
                 return CheckResult("prefect", "fail", f"{detail}; reading work pool {self.pool!r} "
                                    f"failed ({type(exc).__name__})", "retry")

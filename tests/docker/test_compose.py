@@ -447,12 +447,14 @@ def test_no_secret_is_written_in_the_compose_file(raw: dict[str, Any]) -> None:
 
 
 def test_env_files_are_never_committed() -> None:
-    for path in ("docker/.env", "docker/cbctqa.env", "docker/secrets/xnat.netrc", "docker/models/x.pt"):
+    for path in ("docker/.env", "docker/cbctqa.env", "docker/prefect-auth.env",
+                 "docker/secrets/xnat.netrc", "docker/models/x.pt"):
         ignored = subprocess.run(["git", "check-ignore", "-q", path], cwd=REPO, check=False)
         assert ignored.returncode == 0, f"{path} is not gitignored"
     tracked = subprocess.run(["git", "ls-files", "docker"], cwd=REPO, capture_output=True, text=True,
                              check=True).stdout.split()
-    assert not {"docker/.env", "docker/cbctqa.env", "docker/secrets/xnat.netrc"} & set(tracked)
+    assert not {"docker/.env", "docker/cbctqa.env", "docker/prefect-auth.env",
+                "docker/secrets/xnat.netrc"} & set(tracked)
 
 
 def test_env_example_covers_every_variable_the_compose_file_reads(raw: dict[str, Any],
@@ -466,3 +468,17 @@ def test_env_example_covers_every_variable_the_compose_file_reads(raw: dict[str,
     for key, value in example_env.items():
         if _SECRET_NAME.search(key):
             assert value.startswith("change-me"), f"{key} in .env.example must be a placeholder"
+
+
+def test_prefect_api_auth_is_one_file_for_server_and_clients(raw: dict[str, Any]) -> None:
+    example = read_env_file(DOCKER / "prefect-auth.env.example")
+    assert set(example) == {"PREFECT_SERVER_API_AUTH_STRING", "PREFECT_API_AUTH_STRING"}
+    assert set(example) <= _prefect_setting_names()
+    assert example["PREFECT_SERVER_API_AUTH_STRING"] == example["PREFECT_API_AUTH_STRING"]
+    assert "change-me" in example["PREFECT_API_AUTH_STRING"]
+    for name in ("prefect-server", "deployments", "worker", "worker-cuda", "dashboard", "doctor"):
+        files = raw["services"][name]["env_file"]
+        assert {"path": "./prefect-auth.env", "required": False} in files, name
+    # the health checks work with auth on: Prefect leaves GET /api/health open
+    health = " ".join(raw["services"]["prefect-server"]["healthcheck"]["test"])
+    assert "/api/health" in health

@@ -23,6 +23,7 @@ ADMIN = ("admin", "admin-test-pw")
 P = "DOC_HN"
 SERVICE_PW = "svc-Secret-pw-77"
 READER_PW = "reader-Secret-pw-88"
+PREFECT_AUTH = "doctor:prefect-Secret-pw-66"
 
 
 def _free_port() -> int:
@@ -235,7 +236,8 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()
     env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-           "PREFECT_API_URL": "", "PREFECT_SERVER_UI_ENABLED": "false"}
+           "PREFECT_API_URL": "", "PREFECT_SERVER_UI_ENABLED": "false",
+           "PREFECT_SERVER_API_AUTH_STRING": PREFECT_AUTH}
     proc = subprocess.Popen(
         [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
          "--port", str(port), "--no-services"],
@@ -267,14 +269,22 @@ def prefect_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 def test_real_prefect_server_and_work_pool(env: Callable[..., None], prefect_api: str,
                                            monkeypatch: pytest.MonkeyPatch,
                                            capsys: pytest.CaptureFixture[str]) -> None:
+    # the server requires basic auth (PREFECT_SERVER_API_AUTH_STRING): without it, a clear failure
     env(PREFECT_API_URL=prefect_api)
-    code, checks, _ = _run(capsys, "--project", P, "--skip-model", "--pool", "cbctqa-doctor")
+    code, checks, text = _run(capsys, "--project", P, "--skip-model", "--pool", "cbctqa-doctor")
     assert code == 1
+    assert "HTTP 401" in checks["prefect"]["detail"]
+    assert "PREFECT_API_AUTH_STRING" in checks["prefect"]["fix"]
+
+    env(PREFECT_API_URL=prefect_api, PREFECT_API_AUTH_STRING=PREFECT_AUTH)
+    code, checks, text = _run(capsys, "--project", P, "--skip-model", "--pool", "cbctqa-doctor")
+    assert code == 1
+    assert "prefect-Secret-pw-66" not in text
     assert "healthy at " + prefect_api in checks["prefect"]["detail"]
     assert "work pool 'cbctqa-doctor' does not exist" in checks["prefect"]["detail"]
     assert "prefect work-pool create cbctqa-doctor --type process" in checks["prefect"]["fix"]
 
-    created = requests.post(f"{prefect_api}/work_pools/",
+    created = requests.post(f"{prefect_api}/work_pools/", auth=tuple(PREFECT_AUTH.split(":")),  # type: ignore[arg-type]
                             json={"name": "cbctqa-doctor", "type": "process"}, timeout=30)
     assert created.status_code in (200, 201), created.text
     code, checks, _ = _run(capsys, "--project", P, "--skip-model", "--pool", "cbctqa-doctor")
