@@ -61,6 +61,24 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         ),
     )
     add_cohort_arguments(p, sessions=24, slices=64, size=256, out=None)
+    p.add_argument(
+        "--anomalies",
+        default="",
+        metavar="KINDS",
+        help=(
+            "inject known anomalies, comma-separated: flip_hf, flip_lr, truncated_fov, body_part, "
+            "metal, motion, hu_calibration, or 'all' (recorded under 'anomaly' in truth.json)"
+        ),
+    )
+    p.add_argument(
+        "--anomaly-fraction",
+        "--anomaly-rate",
+        dest="anomaly_fraction",
+        type=float,
+        default=None,
+        metavar="F",
+        help="share of sessions (0-1) given an anomaly (default 0.25 when --anomalies is given)",
+    )
     p.set_defaults(handler=run)
 
 
@@ -80,6 +98,22 @@ def validate_args(args: argparse.Namespace) -> None:
         raise SynthesisError(f"--seed must be >= 0; got {args.seed}")
     if args.workers < 1:
         raise SynthesisError(f"--workers must be >= 1; got {args.workers}")
+    fraction = getattr(args, "anomaly_fraction", None)
+    if fraction is not None and not (0.0 <= fraction <= 1.0):
+        raise SynthesisError(f"--anomaly-fraction must lie in [0, 1]; got {fraction}")
+    if fraction and not _anomaly_kinds(args):
+        raise SynthesisError("--anomaly-fraction needs --anomalies KINDS (e.g. --anomalies all)")
+
+
+def _anomaly_kinds(args: argparse.Namespace) -> tuple[str, ...]:
+    """The ``--anomalies`` list, validated (``all`` = every kind)."""
+    from qa_core.synth.anomalies import ANOMALY_KINDS, check_anomaly_kinds
+
+    raw = str(getattr(args, "anomalies", "") or "")
+    names = [n.strip() for n in raw.split(",") if n.strip()]
+    if names == ["all"]:
+        return ANOMALY_KINDS
+    return check_anomaly_kinds(names)
 
 
 def print_summary(cohort: Cohort, seconds: float) -> None:
@@ -102,6 +136,10 @@ def generate_and_summarise(args: argparse.Namespace, out: Path) -> Cohort:
     from qa_core.synth import generate_cohort
 
     validate_args(args)
+    kinds = _anomaly_kinds(args)
+    fraction = getattr(args, "anomaly_fraction", None)
+    if fraction is None:
+        fraction = 0.25 if kinds else 0.0
     t0 = time.perf_counter()
     cohort = generate_cohort(
         out,
@@ -111,8 +149,18 @@ def generate_and_summarise(args: argparse.Namespace, out: Path) -> Cohort:
         seed=args.seed,
         workers=args.workers,
         progress=not args.no_progress,
+        anomalies=kinds,
+        anomaly_fraction=fraction,
     )
     print_summary(cohort, time.perf_counter() - t0)
+    if kinds:
+        hit = [s for s in cohort.sessions if s.anomaly]
+        counts: dict[str, int] = {}
+        for s in hit:
+            kind = str((s.anomaly or {}).get("kind"))
+            counts[kind] = counts.get(kind, 0) + 1
+        listed = ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none drawn"
+        print(f"  injected anomalies (truth.json 'anomaly'): {len(hit)} of {len(cohort.sessions)} sessions: {listed}")
     return cohort
 
 

@@ -32,7 +32,7 @@ import shutil
 import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import date, timedelta
 from multiprocessing import get_context
 from pathlib import Path
@@ -44,6 +44,19 @@ import numpy.typing as npt
 from qa_core.categories import CATEGORIES
 from qa_core.errors import SynthesisError
 from qa_core.synth.acquisition import SETTING_RANGES, AcquisitionSettings, acquire, sample_settings
+from qa_core.synth.anomalies import (
+    ANOMALY_STAGES,
+    InjectedAnomaly,
+    check_anomaly_kinds,
+    choose_anomaly,
+    flip_head_feet,
+    flip_left_right,
+    heavy_metal,
+    miscalibrate_hu,
+    other_body_part,
+    severe_motion,
+    truncate_fov,
+)
 from qa_core.synth.phantom import (
     GRID_MM,
     LABELS,
@@ -78,6 +91,8 @@ GENERATOR_VERSION: Final[str] = "cbctqa-synth 1.0"
 #: Raters in every panel.
 N_RATERS: Final[int] = 4
 _STREAM_ANATOMY, _STREAM_SETTINGS, _STREAM_NOISE, _STREAM_RATERS = 1, 2, 3, 4
+#: Streams of the anomaly choice and of its parameters (only drawn when anomalies are asked for).
+_STREAM_ANOMALY, _STREAM_ANOMALY_PARAMS = 5, 6
 _MIN_SLICES, _MIN_SIZE, _MAX_SIZE = 8, 64, 1024
 
 
@@ -119,6 +134,8 @@ class SimulatedSession:
         Category -> weighted mean of the ratings.
     diagnostics:
         Acquisition diagnostics (scatter-to-primary ratio, minimum counts, ...).
+    anomaly:
+        The injected anomaly (:mod:`qa_core.synth.anomalies`), ``None`` for a normal session.
     """
 
     label: str
@@ -134,6 +151,7 @@ class SimulatedSession:
     weights: dict[str, float]
     consensus: dict[str, float]
     diagnostics: dict[str, float] = field(default_factory=dict)
+    anomaly: InjectedAnomaly | None = None
 
     def settings_json(self) -> dict[str, Any]:
         """Acquisition settings plus the anatomy (both vary per session)."""
@@ -151,6 +169,7 @@ class SimulatedSession:
             "measures": {k: v.to_json() for k, v in self.measures.items()},
             "diagnostics": self.diagnostics,
             "spacing": list(self.spacing),
+            "anomaly": None if self.anomaly is None else self.anomaly.to_json(),
         }
 
 
@@ -179,6 +198,7 @@ def simulate_session(
     size: int,
     anatomy: PatientAnatomy | None = None,
     settings: AcquisitionSettings | None = None,
+    anomaly: str | None = None,
 ) -> SimulatedSession:
     """Simulate one session in memory.
 
@@ -196,6 +216,11 @@ def simulate_session(
         Override the patient or the acquisition drawn for ``(seed, index)`` (tests use
         this to compare acquisitions of one patient); the noise and rater streams stay
         those of ``(seed, index)``.
+    anomaly:
+        Inject this known anomaly (:data:`qa_core.synth.anomalies.ANOMALY_KINDS`), with
+        parameters drawn from the stream ``(seed, index, 6)``; ``None`` (default) for a
+        normal session. Ratings are measured before image-stage faults (flips, HU
+        calibration); the label map stays the intended head-and-neck patient's.
 
     Returns
     -------
@@ -204,12 +229,32 @@ def simulate_session(
     _check_params(seed, index, slices, size)
     anat = anatomy if anatomy is not None else sample_anatomy(_rng(seed, index, _STREAM_ANATOMY))
     acq = settings if settings is not None else sample_settings(_rng(seed, index, _STREAM_SETTINGS))
+    injected: InjectedAnomaly | None = None
+    arng = _rng(seed, index, _STREAM_ANOMALY_PARAMS)
+    if anomaly is not None:
+        (kind,) = check_anomaly_kinds([anomaly])
+        params: dict[str, Any] = {}
+        if kind == "metal":
+            anat, params = heavy_metal(anat, arng)
+        elif kind == "truncated_fov":
+            acq, params = truncate_fov(acq, arng)
+        elif kind == "motion":
+            acq, params = severe_motion(acq, arng)
+        injected = InjectedAnomaly(kind, ANOMALY_STAGES[kind], params)
     phantom = build_phantom(anat, slices=slices, size=size)
-    hu, fov, diag = acquire(phantom, acq, _rng(seed, index, _STREAM_NOISE))
+    imaged = phantom
+    if injected is not None and injected.kind == "body_part":
+        imaged, params = other_body_part(phantom, arng)
+        injected = replace(injected, params=params)
+    hu, fov, diag = acquire(imaged, acq, _rng(seed, index, _STREAM_NOISE))
     regions = category_regions(phantom.labels, phantom.spacing)
     measures = measure_quality(
         hu, reference_image(phantom), phantom.labels, regions, fov, pixel_mm=phantom.spacing[1]
     )
+    if injected is not None and injected.stage == "image":
+        fault = {"flip_hf": flip_head_feet, "flip_lr": flip_left_right, "hu_calibration": miscalibrate_hu}
+        hu, params = fault[injected.kind](hu, arng)
+        injected = replace(injected, params=params)
     latent = {c: round(measures[c].latent, 4) for c in CATEGORIES}
     panel = make_panel(seed, N_RATERS)
     ratings = rate_session(latent, panel, _rng(seed, index, _STREAM_RATERS))
@@ -229,6 +274,7 @@ def simulate_session(
         weights=weights,
         consensus=consensus,
         diagnostics=diag,
+        anomaly=injected,
     )
 
 
@@ -253,6 +299,8 @@ class CohortSession:
         Rater -> weight.
     settings:
         Acquisition settings and anatomy (``{"acquisition": ..., "anatomy": ...}``).
+    anomaly:
+        The injected anomaly (``{"kind", "stage", "params"}``), ``None`` for a normal session.
     """
 
     label: str
@@ -263,6 +311,7 @@ class CohortSession:
     ratings: dict[str, dict[str, int]]
     weights: dict[str, float]
     settings: dict[str, Any]
+    anomaly: dict[str, Any] | None = None
 
     @property
     def labels_path(self) -> Path:
@@ -367,15 +416,35 @@ def _replace_dir(tmp: Path, final: Path) -> None:
 
 
 def _make_session(
-    root: str, seed: int, index: int, slices: int, size: int
+    root: str,
+    seed: int,
+    index: int,
+    slices: int,
+    size: int,
+    anomalies: tuple[str, ...] = (),
+    anomaly_fraction: float = 0.0,
 ) -> tuple[int, dict[str, Any]]:
     """Worker entry point: simulate and write session ``index``."""
-    sim = simulate_session(seed, index, slices=slices, size=size)
+    kind = (
+        choose_anomaly(_rng(seed, index, _STREAM_ANOMALY), index, anomalies, anomaly_fraction)
+        if anomalies
+        else None
+    )
+    sim = simulate_session(seed, index, slices=slices, size=size, anomaly=kind)
     return index, _write_session(Path(root), sim, seed, index)
 
 
-def _cohort_header(seed: int, n_sessions: int, slices: int, size: int) -> dict[str, Any]:
+def _cohort_header(
+    seed: int,
+    n_sessions: int,
+    slices: int,
+    size: int,
+    anomalies: tuple[str, ...] = (),
+    anomaly_fraction: float = 0.0,
+) -> dict[str, Any]:
     return {
+        "anomalies": list(anomalies),
+        "anomaly_fraction": float(anomaly_fraction) if anomalies else 0.0,
         "generator": GENERATOR_VERSION,
         "seed": seed,
         "n_sessions": n_sessions,
@@ -418,8 +487,9 @@ def _check_out(out: Path, header: dict[str, Any]) -> None:
         raise SynthesisError(
             f"cannot read {meta}: {exc}; remove the folder or choose another --out"
         ) from exc
-    for key in ("generator", "seed", "slices", "size"):
-        if old.get(key) != header[key]:
+    for key in ("generator", "seed", "slices", "size", "anomalies", "anomaly_fraction"):
+        default: Any = [] if key == "anomalies" else 0.0 if key == "anomaly_fraction" else None
+        if old.get(key, default) != header[key]:
             raise SynthesisError(
                 f"cohort output {out} holds a cohort with {key}={old.get(key)!r}, not {header[key]!r}; "
                 "choose another --out or remove the old cohort"
@@ -485,6 +555,8 @@ def generate_cohort(
     workers: int = 1,
     progress: bool = True,
     on_session: Callable[[int], None] | None = None,
+    anomalies: tuple[str, ...] | list[str] = (),
+    anomaly_fraction: float = 0.0,
 ) -> Cohort:
     """Simulate a cohort and write it to ``out`` (layout in the module docstring).
 
@@ -504,6 +576,11 @@ def generate_cohort(
         Show a tqdm progress bar on stderr.
     on_session:
         Called with the index of every finished session (progress hooks).
+    anomalies, anomaly_fraction:
+        Inject known anomalies (:mod:`qa_core.synth.anomalies`) into about
+        ``anomaly_fraction`` of the sessions; session ``i``, when drawn, gets
+        ``anomalies[(i - 1) % len(anomalies)]``. Recorded under ``"anomaly"`` in truth.json
+        (``null`` for normal sessions). Default: none.
 
     Returns
     -------
@@ -522,13 +599,20 @@ def generate_cohort(
     if not isinstance(workers, int) or workers < 1:
         raise SynthesisError(f"workers must be an integer >= 1; got {workers!r}")
     _check_params(seed, 1, slices, size)
+    kinds = check_anomaly_kinds(anomalies)
+    if not (0.0 <= anomaly_fraction <= 1.0):
+        raise SynthesisError(f"anomaly_fraction must lie in [0, 1]; got {anomaly_fraction!r}")
+    if anomaly_fraction > 0 and not kinds:
+        raise SynthesisError("anomaly_fraction > 0 needs at least one anomaly kind (--anomalies)")
+    fraction = float(anomaly_fraction) if kinds else 0.0
     root = Path(out)
-    header = _cohort_header(seed, n_sessions, slices, size)
+    header = _cohort_header(seed, n_sessions, slices, size, kinds, fraction)
     _check_out(root, header)
     root.mkdir(parents=True, exist_ok=True)
     with _CohortLock(root):
         _generate_locked(
-            root, header, n_sessions, slices, size, seed, workers, progress, on_session
+            root, header, n_sessions, slices, size, seed, workers, progress, on_session,
+            kinds, fraction,
         )
     return read_cohort(root)
 
@@ -543,6 +627,8 @@ def _generate_locked(
     workers: int,
     progress: bool,
     on_session: Callable[[int], None] | None,
+    anomalies: tuple[str, ...] = (),
+    anomaly_fraction: float = 0.0,
 ) -> None:
     """Body of :func:`generate_cohort`, run while holding the folder's lock."""
     sessions_dir = root / "sessions"
@@ -576,13 +662,20 @@ def _generate_locked(
     try:
         if workers == 1 or len(todo) <= 1:
             for i in todo:
-                _, truths[i] = _make_session(str(root), seed, i, slices, size)
+                _, truths[i] = _make_session(
+                    str(root), seed, i, slices, size, anomalies, anomaly_fraction
+                )
                 bar.update(1)
                 if on_session:
                     on_session(i)
         else:
             with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-                futs = [pool.submit(_make_session, str(root), seed, i, slices, size) for i in todo]
+                futs = [
+                    pool.submit(
+                        _make_session, str(root), seed, i, slices, size, anomalies, anomaly_fraction
+                    )
+                    for i in todo
+                ]
                 for fut in as_completed(futs):
                     i, truths[i] = fut.result()
                     bar.update(1)
@@ -663,6 +756,7 @@ def read_cohort(path: str | Path) -> Cohort:
                 ratings={r: {c: int(v[c]) for c in CATEGORIES} for r, v in t["ratings"].items()},
                 weights={r: float(v) for r, v in t["weights"].items()},
                 settings=dict(t["settings"]),
+                anomaly=dict(t["anomaly"]) if t.get("anomaly") else None,
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise SynthesisError(
