@@ -292,6 +292,7 @@ class _Header:
     pixel: _PixelInfo | None
     pixel_known: bool  # False when the header pass cannot tell (deflated data)
     pixel_padding_value: float | None
+    frame_of_reference_uid: str = ""
 
 
 def _get(ds: Dataset, keyword: str, default: Any = None) -> Any:
@@ -518,6 +519,7 @@ def _header_from(
         pixel=pixel,
         pixel_known=pixel_known,
         pixel_padding_value=_number(ds, "PixelPaddingValue", name),
+        frame_of_reference_uid=str(_get(ds, "FrameOfReferenceUID", "")),
     )
 
 
@@ -1111,7 +1113,9 @@ def load_series(
         Study/Series UIDs; ``provenance`` with keys ``sources``, ``files``, ``n_files``,
         ``n_files_scanned``, ``sop_instance_uids_sha256``, ``transfer_syntaxes``, ``modality``,
         ``series_description``, ``manufacturer``, ``rescale``, ``original_orientation``,
-        ``pixel_padding_value`` and ``warnings`` (list of str).
+        ``pixel_padding_value``, ``frame_of_reference_uid``, ``sop_instance_uids`` (in the
+        order the files were read, which is slice order unless the series was reoriented;
+        RTSTRUCT reading checks references against them) and ``warnings`` (list of str).
 
     Raises
     ------
@@ -1185,6 +1189,8 @@ def load_series(
         "rescale": _rescale_summary(headers),
         "original_orientation": list(geom.orientation),
         "pixel_padding_value": first.pixel_padding_value,
+        "frame_of_reference_uid": first.frame_of_reference_uid,
+        "sop_instance_uids": [h.sop_uid for h in headers],
         "warnings": list(warnings),
     }
     return Volume(

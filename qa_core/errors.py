@@ -27,6 +27,12 @@ __all__ = [
     "NotCTError",
     "NotDicomError",
     "ObliqueOrientationError",
+    "RtStructEmptyError",
+    "RtStructError",
+    "RtStructGeometryError",
+    "RtStructNoMatchingRoiError",
+    "RtStructOpenContourError",
+    "RtStructReferenceError",
     "SeriesNotFoundError",
     "StatisticsError",
     "SynthesisError",
@@ -135,3 +141,27 @@ class UnknownSchemaError(CbctQaError, LookupError):
 
 class SeriesNotFoundError(DicomError, LookupError):
     """The series asked for (by SeriesInstanceUID) is not in the input."""
+
+
+class RtStructError(DicomError):
+    """A DICOM RTSTRUCT (structure set) cannot be turned into organ masks."""
+
+
+class RtStructReferenceError(RtStructError):
+    """The RTSTRUCT references another frame of reference, series or image instances."""
+
+
+class RtStructNoMatchingRoiError(RtStructError, LookupError):
+    """No ROI name of the RTSTRUCT maps to a category (TG-263 names and aliases)."""
+
+
+class RtStructOpenContourError(RtStructError):
+    """A matched ROI holds a contour that is not CLOSED_PLANAR (open or point contours)."""
+
+
+class RtStructEmptyError(RtStructError):
+    """A matched ROI has no contour data, or its contours cover no voxel."""
+
+
+class RtStructGeometryError(RtStructError):
+    """Contours lie off the volume's slices or outside it, or are not axial."""

@@ -44,6 +44,16 @@ class Settings(BaseSettings):
     cam_method: str = "gradcam"
     """Default CAM method: gradcam, gradcam++, xgradcam, hirescam or layercam."""
 
+    roi_aliases: dict[str, str] = Field(default_factory=dict)
+    """RTSTRUCT ROI names beyond TG-263 and its common aliases, as JSON: ROI name -> TG-263
+    name, category or ``body`` (e.g. ``{"PAROTIDE_SX": "Parotid_L"}``; ``""`` drops a name).
+    Names compare case- and punctuation-insensitively (``qa_core.rtstruct.roi_table``)."""
+
+    localisation_min_share: float = Field(0.5, ge=0, le=1)
+    """Outlier rule when contours are present: a category whose attribution map puts less than
+    this share of its energy inside the contoured organ (``ae_in_region``, 0-1) is flagged as
+    falling mostly outside that organ (``qa_core.localisation.localisation_flags``)."""
+
     log_level: str = "INFO"
     """Logging level name (DEBUG, INFO, WARNING, ERROR)."""
 

@@ -15,6 +15,8 @@ Layout written by :func:`generate_cohort` (a contract other modules rely on)::
     OUT/truth.json      {session: {subject, settings, latent, consensus, ratings, weights,
                         measures}}
     OUT/sessions/<session>/DICOM/CT0000.dcm ...   one CT series per session
+    OUT/sessions/<session>/DICOM/RS.dcm           RTSTRUCT of the organs at risk (TG-263 names)
+                                                  referencing that series
     OUT/sessions/<session>/labels.npz             uint8 label map + label names
     OUT/sessions/<session>/truth.json             the session's own ground truth
 
@@ -359,6 +361,7 @@ def _write_json(path: Path, obj: Any) -> None:
 def _write_session(root: Path, sim: SimulatedSession, seed: int, index: int) -> dict[str, Any]:
     """Write one session atomically; returns its truth entry."""
     from qa_core.dicom_writer import write_series
+    from qa_core.synth.rtstruct_writer import phantom_roi_masks, write_rtstruct
 
     sessions = root / "sessions"
     final = sessions / sim.label
@@ -372,7 +375,7 @@ def _write_session(root: Path, sim: SimulatedSession, seed: int, index: int) -> 
         half = (n - 1) / 2.0 * px
         origin = (-half, -half, -sim.spacing[0] * (sim.hu.shape[0] - 1))
         study_date = (date(2026, 1, 1) + timedelta(days=index - 1)).strftime("%Y%m%d")
-        write_series(
+        ct_files = write_series(
             sim.hu,
             sim.spacing,
             tmp / "DICOM",
@@ -389,6 +392,13 @@ def _write_session(root: Path, sim: SimulatedSession, seed: int, index: int) -> 
             exposure_mas=max(1.0, sim.settings.dose * sim.settings.n_views / 4e5),
             file_prefix="CT",
         )
+        if sim.labels.shape == sim.hu.shape:  # organs at risk under TG-263 names, as RT exports
+            write_rtstruct(
+                ct_files,
+                phantom_roi_masks(sim.labels),
+                tmp / "DICOM" / "RS.dcm",
+                uid_seed=f"cbctqa-synth:{seed}:{index}",
+            )
         names = np.array(sorted(LABELS, key=LABELS.__getitem__))
         np.savez_compressed(
             tmp / "labels.npz",

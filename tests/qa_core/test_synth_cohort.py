@@ -14,6 +14,7 @@ import pytest
 from qa_core.categories import CATEGORIES
 from qa_core.consensus import weighted_consensus
 from qa_core.errors import SynthesisError
+from qa_core.rtstruct import read_structure_set_info
 from qa_core.synth import (
     GENERATOR_VERSION,
     Cohort,
@@ -42,7 +43,11 @@ def test_layout_and_labels(cohort):
     assert [s.subject for s in cohort.sessions] == ["SUBJ5_001", "SUBJ5_002"]
     for s in cohort.sessions:
         files = sorted(s.dicom_dir.glob("*.dcm"))
-        assert [f.name for f in files] == [f"CT{i:04d}.dcm" for i in range(KW["slices"])]
+        # the CT slices, then the organs at risk as an RTSTRUCT referencing them
+        assert [f.name for f in files] == [f"CT{i:04d}.dcm" for i in range(KW["slices"])] + ["RS.dcm"]
+        rs = read_structure_set_info(s.dicom_dir / "RS.dcm")
+        assert rs.referenced_series_uids == (str(pydicom.dcmread(files[0]).SeriesInstanceUID),)
+        assert {"External", "Parotid_L", "Parotid_R", "Bone_Mandible"} <= set(rs.roi_names)
         npz = np.load(s.labels_path)
         assert npz["labels"].dtype == np.uint8 and npz["labels"].shape == (8, 64, 64)
         assert dict(zip(npz["names"].tolist(), npz["values"].tolist(), strict=True)) == LABELS
@@ -88,7 +93,8 @@ def test_no_ground_truth_inside_dicom(cohort):
         raw = f.read_bytes()
         for text in truth_strings:
             assert text.encode() not in raw
-        assert ds.PatientID == s.subject and ds.Modality == "CT"
+        assert ds.PatientID == s.subject
+        assert ds.Modality == ("RTSTRUCT" if f.name == "RS.dcm" else "CT")
 
 
 def test_session_loads_back_through_load_series(cohort):
