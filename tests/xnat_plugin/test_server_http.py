@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import io
 import json
@@ -308,21 +309,23 @@ def test_concurrent_creates_of_one_label_make_one_assessor(http: requests.Sessio
 
 
 def test_insert_date_polling_filter(http: requests.Session) -> None:
-    today = srch_today()
-    recent = c(http, "GET", "/data/experiments", params={
-        "xsiType": "xnat:ctSessionData", "insert_date": f"{today}-", "format": "json",
-        "columns": "ID,label,insert_date"}).json()["ResultSet"]["Result"]
-    assert "E1" in {r["label"] for r in recent}
+    listing = {"xsiType": "xnat:ctSessionData", "format": "json", "columns": "ID,label,insert_date"}
+    rows = c(http, "GET", "/data/experiments", params=listing).json()["ResultSet"]["Result"]
+    # the filter's day is E1's own insert day (UTC), not "today": the test holds across midnight
+    inserted = dt.datetime.fromisoformat(next(r["insert_date"] for r in rows if r["label"] == "E1"))
+    day = inserted.date()
+
+    def since(d: dt.date) -> set[str]:
+        params = listing | {"insert_date": f"{d:%m/%d/%Y}-"}
+        return {r["label"] for r in c(http, "GET", "/data/experiments", params=params)
+                .json()["ResultSet"]["Result"]}
+
+    assert "E1" in since(day)
+    assert "E1" in since(day - dt.timedelta(days=1))
+    assert "E1" not in since(day + dt.timedelta(days=1))
     future = c(http, "GET", "/data/experiments", params={
         "xsiType": "xnat:ctSessionData", "insert_date": "01/01/2999-", "format": "json"}
     ).json()["ResultSet"]["Result"]
     assert future == []
     bad = c(http, "GET", "/data/experiments", params={"insert_date": "yesterday"})
     assert bad.status_code == 400
-
-
-def srch_today() -> str:
-    """Today as MM/DD/YYYY (UTC), the date form XNAT's filters take."""
-    import datetime as dt
-
-    return dt.datetime.now(dt.UTC).strftime("%m/%d/%Y")
