@@ -57,6 +57,16 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="share of requests whose connection is closed without an answer")
     p.add_argument("--fault-path", default=None, help="only inject faults on paths matching this regex")
     p.add_argument("--fault-seed", type=int, default=0, help="seed of the fault draws")
+    p.add_argument("--strict", action="store_true",
+                   help="answer only what XNAT would (no extra listing keys), to test clients")
+    p.add_argument("--max-failed-logins", type=int, default=20,
+                   help="failed logins that lock a login name (XNAT maxFailedLogins; 0 = never)")
+    p.add_argument("--max-failed-logins-lockout-duration", type=float, default=3600.0,
+                   help="seconds a lockout lasts (XNAT maxFailedLoginsLockoutDuration)")
+    p.add_argument("--session-timeout", type=float, default=900.0,
+                   help="seconds an unused JSESSIONID lives (XNAT sessionTimeout)")
+    p.add_argument("--open-user-list", action="store_true",
+                   help="let every user list users (XNAT restrictUserListAccessToAdmins=false)")
     p.set_defaults(handler=run)
 
 
@@ -69,7 +79,7 @@ def build_config(args: argparse.Namespace) -> object:
         On a missing data dir or credentials, or a non-loopback host without TLS or
         ``--allow-insecure-remote``.
     """
-    from xnat_plugin.server import FaultConfig, ServerConfig, is_loopback
+    from xnat_plugin.server import FaultConfig, SecuritySettings, ServerConfig, is_loopback
 
     host = args.host or os.environ.get("CBCTQA_XNAT_HOST") or "127.0.0.1"
     port = args.port if args.port is not None else _env_int("CBCTQA_XNAT_PORT", 8080)
@@ -94,7 +104,12 @@ def build_config(args: argparse.Namespace) -> object:
         data_dir=Path(data_dir), admin_user=user, admin_password=password, host=host, port=port,
         database_url=args.database_url or os.environ.get("CBCTQA_DATABASE_URL") or None,
         schema_dirs=tuple(args.schema_dir or ()), faults=faults,
-        tls_cert=args.tls_cert, tls_key=args.tls_key,
+        tls_cert=args.tls_cert, tls_key=args.tls_key, strict=args.strict,
+        security=SecuritySettings(
+            max_failed_logins=args.max_failed_logins,
+            max_failed_logins_lockout_duration=args.max_failed_logins_lockout_duration,
+            restrict_user_list_access_to_admins=not args.open_user_list,
+            session_timeout=args.session_timeout),
     )
 
 

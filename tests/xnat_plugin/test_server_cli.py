@@ -109,3 +109,23 @@ def test_tls_serving_and_remote_bind_allowed_with_tls(tmp_path: Path, xnat_serve
         "xnat-server", "--host", "10.1.2.3", "--data-dir", str(tmp_path), "--admin-user", "a",
         "--admin-password", "b", "--allow-insecure-remote"])
     assert xnat_server.build_config(insecure).host == "10.1.2.3"  # type: ignore[attr-defined]
+
+
+def test_security_and_strict_options(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = build_parser().parse_args([
+        "xnat-server", "--data-dir", str(tmp_path), "--admin-user", "a", "--admin-password", "b",
+        "--strict", "--max-failed-logins", "3", "--max-failed-logins-lockout-duration", "60",
+        "--session-timeout", "120", "--open-user-list"])
+    config = xnat_server.build_config(args)
+    assert config.strict is True  # type: ignore[attr-defined]
+    security = config.security  # type: ignore[attr-defined]
+    assert (security.max_failed_logins, security.max_failed_logins_lockout_duration,
+            security.session_timeout, security.restrict_user_list_access_to_admins) == (
+        3, 60.0, 120.0, False)
+    defaults = xnat_server.build_config(build_parser().parse_args([
+        "xnat-server", "--data-dir", str(tmp_path), "--admin-user", "a", "--admin-password", "b"]))
+    assert defaults.security.restrict_user_list_access_to_admins  # type: ignore[attr-defined]
+    assert main(["xnat-server", "--data-dir", str(tmp_path), "--admin-user", "a",
+                 "--admin-password", "b", "--session-timeout", "0"]) == 2
+    assert "sessionTimeout" in capsys.readouterr().err
+
