@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cbctqa-installed
 DEMO_DIR ?= demo-output
 
-.PHONY: venv lint typecheck test test-fast demo bench clean
+.PHONY: venv lint typecheck test test-fast demo bench docs clean
 
 $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/cbctqa demo --out $(DEMO_DIR) --workers 2
+
+# Regenerate the configuration reference from qa_core/settings.py (a test checks it is current).
+docs: $(STAMP)
+	$(VENV)/bin/cbctqa config --markdown > docs/configuration.md
 
 bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
