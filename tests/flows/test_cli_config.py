@@ -20,7 +20,7 @@ def test_committed_reference_equals_generated() -> None:
     committed = (REPO / "docs" / "configuration.md").read_text(encoding="utf-8")
     assert committed == render_reference(), (
         "docs/configuration.md is out of date with qa_core/settings.py; regenerate it with "
-        "`cbctqa config --markdown > docs/configuration.md`"
+        "`make docs` (cbctqa config --markdown > docs/configuration.md)"
     )
 
 
