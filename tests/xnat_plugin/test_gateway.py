@@ -461,7 +461,8 @@ def test_concurrent_writes_end_with_one_assessor(
     with _connect(xnat_server) as gw:
         session = _make_sessions(gw, "RACE", ["S1"])[0]
     n_threads = 6
-    barrier = threading.Barrier(n_threads)
+    # a timeout: one worker failing before the barrier breaks it for all instead of hanging
+    barrier = threading.Barrier(n_threads, timeout=60)
     ids: list[str] = []
     errors: list[BaseException] = []
 
@@ -476,11 +477,13 @@ def test_concurrent_writes_end_with_one_assessor(
         except BaseException as exc:  # collected and re-raised in the main thread
             errors.append(exc)
 
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(n_threads)]
+    # daemon threads: a stuck worker fails this test, it cannot keep the test run alive
+    threads = [threading.Thread(target=worker, args=(i,), daemon=True) for i in range(n_threads)]
     for t in threads:
         t.start()
     for t in threads:
-        t.join(60)
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a writer is still running after 120 s"
     assert not errors, errors
     assert len(set(ids)) == 1
     with _connect(xnat_server) as gw:
@@ -490,12 +493,14 @@ def test_concurrent_writes_end_with_one_assessor(
         assert stored[0].record in [_record(score=1.0 + i / 2) for i in range(n_threads)]
         # one gateway shared by threads: same-label writes are serialised in-process
         shared_ids: list[str] = []
-        pool = [threading.Thread(target=lambda: shared_ids.append(gw.write_assessment(session, _record())))
+        pool = [threading.Thread(target=lambda: shared_ids.append(gw.write_assessment(session, _record())),
+                                 daemon=True)
                 for _ in range(4)]  # fmt: skip
         for t in pool:
             t.start()
         for t in pool:
             t.join(60)
+        assert not any(t.is_alive() for t in pool), "a shared-gateway writer is still running"
         assert shared_ids == [ids[0]] * 4 and len(_assessors(gw, session)) == 1
 
 
