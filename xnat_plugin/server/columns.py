@@ -12,8 +12,9 @@ shortcut to its xpath, runs the query, and names each answered column back:
   beside ``ID``, unless it is the shortcut ``ID`` itself; ``URI`` is always last.
 
 pyxnat depends on this (its ``Experiment`` reads ``subject_ID``; ``array.scans`` reads
-``xnat:ctscandata/id``); the tables here are the ``fieldMapping`` of XNAT's
-``ProjSubExptList`` / ``ExperimentListResource``, ``ScanList`` and ``ProjSubjectList``.
+``xnat:ctscandata/id``). The tables here are XNAT 1.8's ``XMLPathShortcuts`` (one per
+listing root: experiments, assessors, subjects, scans, projects); subjects and projects have
+no ``xsiType`` shortcut, so their rows carry no ``xsiType`` key in strict mode.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 __all__ = [
+    "ASSESSOR_SHORTCUTS",
     "EXPERIMENT_SHORTCUTS",
     "PROJECT_SHORTCUTS",
     "SCAN_SHORTCUTS",
@@ -34,6 +36,7 @@ __all__ = [
 EXPERIMENT_SHORTCUTS: dict[str, str] = {
     "ID": "xnat:experimentData/ID",
     "visit_id": "xnat:experimentData/visit_id",
+    "visit": "xnat:experimentData/visit",
     "date": "xnat:experimentData/date",
     "time": "xnat:experimentData/time",
     "note": "xnat:experimentData/note",
@@ -53,6 +56,7 @@ EXPERIMENT_SHORTCUTS: dict[str, str] = {
     "session_type": "xnat:imageSessionData/session_type",
     "modality": "xnat:imageSessionData/modality",
     "UID": "xnat:imageSessionData/UID",
+    "studyInstanceUID": "xnat:imageSessionData/UID",
     "subject_ID": "xnat:subjectAssessorData/subject_id",
     "subject_label": "xnat:subjectData/label",
     "subject_project": "xnat:subjectData/project",
@@ -65,17 +69,31 @@ EXPERIMENT_SHORTCUTS: dict[str, str] = {
     "xsiType": "xnat:experimentData/extension_item/element_name",
 }
 
-#: shortcut name -> xpath on subject listings
+#: shortcut name -> xpath on assessor listings (``{session}/assessors``): no subject keys
+ASSESSOR_SHORTCUTS: dict[str, str] = {
+    name: path for name, path in EXPERIMENT_SHORTCUTS.items()
+    if (path.startswith("xnat:experimentData/") and name != "visit")
+    or name in {"session_ID", "session_label", "session_project"}
+}
+
+_DEMOGRAPHICS = "xnat:subjectData/demographics"  # [@xsi:type=xnat:demographicData] in XNAT
+
+#: shortcut name -> xpath on subject listings (XNAT has no ``xsiType`` shortcut here)
 SUBJECT_SHORTCUTS: dict[str, str] = {
-    "ID": "xnat:subjectData/ID",
     "project": "xnat:subjectData/project",
     "label": "xnat:subjectData/label",
+    "ID": "xnat:subjectData/ID",
     "group": "xnat:subjectData/group",
     "src": "xnat:subjectData/src",
+    "pi_firstname": "xnat:subjectData/investigator/firstname",
+    "pi_lastname": "xnat:subjectData/investigator/lastname",
+    **{name: f"{_DEMOGRAPHICS}/{name}" for name in (
+        "dob", "yob", "age", "gender", "handedness", "ses", "education", "educationDesc",
+        "race", "ethnicity", "weight", "height", "gestational_age", "post_menstrual_age",
+        "birth_weight")},
     "insert_date": "xnat:subjectData/meta/insert_date",
     "insert_user": "xnat:subjectData/meta/insert_user/login",
     "last_modified": "xnat:subjectData/meta/last_modified",
-    "xsiType": "xnat:subjectData/extension_item/element_name",
 }
 
 #: shortcut name -> xpath on scan listings
@@ -91,8 +109,15 @@ SCAN_SHORTCUTS: dict[str, str] = {
     "scanner": "xnat:imageScanData/scanner",
     "modality": "xnat:imageScanData/modality",
     "frames": "xnat:imageScanData/frames",
-    "startTime": "xnat:imageScanData/startTime",
+    "validation_method": "xnat:imageScanData/validation/method",
+    "validation_status": "xnat:imageScanData/validation/status",
+    "validation_date": "xnat:imageScanData/validation/date",
+    "validation_notes": "xnat:imageScanData/validation/notes",
     "xnat_imagescandata_id": "xnat:imageScanData/xnat_imagescandata_id",
+    "scanTime": "xnat:imageScanData/startTime",
+    "insert_date": "xnat:imageScanData/meta/insert_date",
+    "insert_user": "xnat:imageScanData/meta/insert_user/login",
+    "last_modified": "xnat:imageScanData/meta/last_modified",
     "xsiType": "xnat:imageScanData/extension_item/element_name",
 }
 
@@ -102,6 +127,8 @@ PROJECT_SHORTCUTS: dict[str, str] = {
     "secondary_ID": "xnat:projectData/secondary_ID",
     "name": "xnat:projectData/name",
     "description": "xnat:projectData/description",
+    "keywords": "xnat:projectData/keywords",
+    "alias": "xnat:projectData/aliases/alias/alias",
     "pi_firstname": "xnat:projectData/PI/firstname",
     "pi_lastname": "xnat:projectData/PI/lastname",
 }
@@ -189,15 +216,15 @@ def listing_kind(collection: str, scope: str, xsi_type: str | None,
                            (*base, root_id) if root_id else base)
     if collection == "assessors":
         root = xsi_type or "xnat:imageAssessorData"
-        kind = ListingKind(EXPERIMENT_SHORTCUTS, root, ())
+        kind = ListingKind(ASSESSOR_SHORTCUTS, root, ())
         root_id = kind.root_id_key()
         defaults = ("ID", "project", "label", "date", "xsiType", "insert_date", "session_ID",
                     "session_label")
-        return ListingKind(EXPERIMENT_SHORTCUTS, root,
+        return ListingKind(ASSESSOR_SHORTCUTS, root,
                            (*defaults, root_id) if root_id else defaults)
     if collection == "subjects":
         return ListingKind(SUBJECT_SHORTCUTS, xsi_type or "xnat:subjectData",
-                           ("ID", "project", "label", "insert_date", "insert_user", "xsiType"))
+                           ("ID", "project", "label", "insert_date", "insert_user"))
     if collection == "scans":
         return ListingKind(SCAN_SHORTCUTS, xsi_type or "xnat:imageScanData",
                            ("xnat_imagescandata_id", "ID", "type", "quality", "xsiType", "note",

@@ -207,9 +207,7 @@ class ListingRoutes(RouteBase):
                 key = cols.column_key(column, listing.shortcuts) if listing else column
                 if self.config.strict and listing is not None and key == column \
                         and key not in listing.shortcuts and key != "URI" and "/" not in key:
-                    raise HttpError(400, f"column {column!r} is neither one of this listing's "
-                                         f"names ({', '.join(listing.shortcuts)}) nor an xpath "
-                                         "such as xnat:experimentData/label")
+                    continue  # neither a shortcut nor an xpath: XNAT leaves it out
                 keyed.setdefault(key, column)
         else:
             assert listing is not None
@@ -220,7 +218,9 @@ class ListingRoutes(RouteBase):
             root_id = listing.root_id_key()
             if root_id is not None:
                 keyed.setdefault(root_id, f"{listing.root}/ID")
-        if "xsiType" not in keyed and (not triples or "xsiType" in triples[0][0]):
+        # XNAT has no xsiType shortcut for subjects and projects; strict mode follows it
+        xsi_known = listing is None or "xsiType" in listing.shortcuts or not self.config.strict
+        if "xsiType" not in keyed and xsi_known and (not triples or "xsiType" in triples[0][0]):
             keyed["xsiType"] = "xsiType"
         keyed.pop("URI", None)
         keyed["URI"] = "URI"
