@@ -36,9 +36,10 @@ upsampling of the map. Padding belongs to no region.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import numpy as np
 import numpy.typing as npt
@@ -48,6 +49,9 @@ from qa_core.attribution import AttributionResult
 from qa_core.categories import CATEGORIES
 from qa_core.errors import AttributionError
 from qa_core.volume import Volume
+
+if TYPE_CHECKING:
+    from qa_core.rtstruct import OrganMasks
 
 __all__ = [
     "BODY_HU_THRESHOLD",
@@ -59,6 +63,7 @@ __all__ = [
     "energy_share",
     "localisation_flags",
     "localise",
+    "localise_rtstruct",
     "pointing_game",
     "region_share",
 ]
@@ -483,3 +488,37 @@ def localisation_flags(
             )
         )
     return flags
+
+
+def localise_rtstruct(
+    result: AttributionResult,
+    volume: Volume,
+    rtstruct: str | os.PathLike[str],
+    *,
+    aliases: Mapping[str, str] | None = None,
+    min_coverage: float = DEFAULT_MIN_COVERAGE,
+) -> tuple[LocalisationReport, OrganMasks]:
+    """Read an RTSTRUCT onto ``volume`` (:func:`qa_core.rtstruct.read_rtstruct`) and
+    :func:`localise` ``result`` in its organs; the body is its ``External`` ROI when present,
+    else derived from the image.
+
+    Raises
+    ------
+    RtStructError
+        As :func:`qa_core.rtstruct.read_rtstruct`.
+    AttributionError
+        As :func:`localise`.
+    """
+    from qa_core.rtstruct import read_rtstruct
+
+    masks = read_rtstruct(rtstruct, volume, aliases=aliases)
+    report = localise(
+        result,
+        masks.masks,
+        body=masks.body,
+        volume=volume,
+        min_coverage=min_coverage,
+        roi_names={k: v for k, v in masks.roi_names.items() if k in CATEGORIES},
+        provenance={"rtstruct": masks.to_dict()},
+    )
+    return report, masks

@@ -44,6 +44,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "--overlays", type=Path, default=None, metavar="DIR", help="write top-AE slice PNGs here"
     )
     p.add_argument(
+        "--rtstruct",
+        type=Path,
+        default=None,
+        metavar="RS.dcm",
+        help="RTSTRUCT of this series (TG-263 organs): adds per category ae_in_region (share of "
+        "the map's energy inside the organ), region_share (chance level) and pointing_hit_rate",
+    )
+    p.add_argument(
         "--top-k", type=int, default=3, metavar="K", help="overlay slices per category (default 3)"
     )
     p.add_argument(
@@ -104,6 +112,7 @@ def report(
     overlays: Path | None = None,
     top_k: int = 3,
     progress: bool = False,
+    rtstruct: Path | None = None,
 ) -> dict[str, Any]:
     """Load, predict, attribute and (optionally) draw overlays; return the JSON-ready report.
 
@@ -111,7 +120,10 @@ def report(
     ``slice_ae`` (name → list over slices, slice 0 most inferior), ``method``,
     ``target_layer``, ``map_shape``, ``input_shape``, ``upsample_factor``, ``overlays`` (paths
     written) and ``provenance`` (``input``, ``model``, ``attribution``, ``settings``,
-    ``package_version``).
+    ``package_version``). With ``rtstruct``, every category row also carries ``ae_in_region``,
+    ``region_share`` and ``pointing_hit_rate`` (``None`` without a matching ROI), and
+    ``localisation`` holds the full report (:mod:`qa_core.localisation`), its outlier ``flags``
+    and the ROI names and voxel counts read from the RTSTRUCT.
     """
     from qa_core import __version__
     from qa_core.attribution import attribute_volume
@@ -132,6 +144,12 @@ def report(
     result = attribute_volume(
         model, volume, method=method, batch_size=bs, device=dev, progress=progress
     )
+    localisation: Any = None
+    if rtstruct is not None:
+        from qa_core.localisation import localisation_flags, localise_rtstruct
+
+        localisation, organ_masks = localise_rtstruct(result, volume, rtstruct)
+        loc_flags = localisation_flags(localisation)
     written: list[str] = []
     if overlays is not None:
         from qa_core.overlays import write_overlays
@@ -144,6 +162,17 @@ def report(
     digest, scope = files_sha256(vprov)
     card = getattr(model, "card", {}) or {}
     doc["overlays"] = written
+    if localisation is not None:
+        for name, row in doc["categories"].items():
+            loc = localisation.categories.get(name)
+            row["ae_in_region"] = None if loc is None else _finite(loc.ae_in_region)
+            row["region_share"] = None if loc is None else _finite(loc.region_share)
+            row["pointing_hit_rate"] = None if loc is None else _finite(loc.pointing_hit_rate)
+        doc["localisation"] = {
+            **localisation.to_dict(),
+            "flags": [{"category": f.category, "reason": f.reason} for f in loc_flags],
+            "masks": organ_masks.to_dict(),
+        }
     doc["provenance"] = {
         "package_version": __version__,
         "input": {
@@ -177,7 +206,13 @@ def report(
             "top_k": top_k if overlays is not None else None,
         },
     }
+    if rtstruct is not None:
+        doc["provenance"]["settings"]["rtstruct"] = str(rtstruct)
     return doc
+
+
+def _finite(value: float) -> float | None:
+    return None if value != value else float(value)  # NaN -> None (JSON null)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -195,6 +230,7 @@ def run(args: argparse.Namespace) -> int:
         overlays=args.overlays,
         top_k=args.top_k,
         progress=sys.stderr.isatty(),
+        rtstruct=args.rtstruct,
     )
     prov = doc["provenance"]
     inp, mod = prov["input"], prov["model"]
@@ -205,9 +241,17 @@ def run(args: argparse.Namespace) -> int:
         f"device {prov['settings']['device']}"
     )
     print()
-    print(f"{'category':14s} {'score':>6s} {'AE':>12s} {'AE/voxel':>12s}")
+    loc = doc.get("localisation")
+    extra = f" {'in organ':>9s} {'chance':>7s} {'pointing':>9s}" if loc else ""
+    print(f"{'category':14s} {'score':>6s} {'AE':>12s} {'AE/voxel':>12s}{extra}")
     for name, row in doc["categories"].items():
-        print(f"{name:14s} {row['score']:6.2f} {row['ae']:12.5g} {row['ae_per_voxel']:12.5g}")
+        line = f"{name:14s} {row['score']:6.2f} {row['ae']:12.5g} {row['ae_per_voxel']:12.5g}"
+        if loc:
+            line += "".join(
+                f" {'-':>{w}s}" if row.get(key) is None else f" {row[key]:{w}.1%}"
+                for key, w in (("ae_in_region", 9), ("region_share", 7), ("pointing_hit_rate", 9))
+            )
+        print(line)
     h, w = doc["map_shape"]
     hh, ww = doc["input_shape"]
     print()
@@ -216,6 +260,14 @@ def run(args: argparse.Namespace) -> int:
         f"over all slices at the target layer's {h}x{w} (x{doc['upsample_factor']:g} if upsampled "
         f"to {hh}x{ww}); AE/voxel = AE / ({n}*{h}*{w})."
     )
+    if loc:
+        print(
+            "in organ: share of the raw map's energy inside the contoured organ (ae_in_region; "
+            "overall: the body); chance: the organ's share of the body; pointing: slices whose "
+            f"map maximum lies in the organ. RTSTRUCT {args.rtstruct} (body from {loc['body_source']})."
+        )
+        for flag in loc["flags"]:
+            print(f"outlier: {flag['category']}: {flag['reason']}")
     for warning in inp["warnings"]:
         print(f"warning: {warning}")
     if doc["overlays"]:
