@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+import xnat
+from pyxnat import Interface
 
 from qa_core.categories import CATEGORIES
 from qa_core.dicom_writer import write_series
@@ -125,3 +127,30 @@ def test_gateway_reads_and_writes_against_strict_server(strict_server: RunningSe
         assert len(list(folder.glob("*.dcm"))) == 3
         volume = gw.load_session_volume(sessions["S2"])
         assert volume.shape == (3, 12, 10)
+
+
+def test_xnatpy_and_pyxnat_walk_a_strict_server(strict_server: RunningServer, tmp_path: Path,
+                                                make_dicom_zip: Callable[..., tuple[bytes, list[Path]]]
+                                                ) -> None:
+    """The real clients, which work with a real XNAT, need nothing strict mode leaves out."""
+    data, _ = make_dicom_zip(tmp_path / "zip", seed="strict", patient="P1")
+    user, password = strict_server.user, strict_server.password
+    with xnat.connect(strict_server.url, user=user, password=password, loglevel="ERROR") as x:
+        x.put("/data/projects/SX")
+        x.post("/data/services/import", data=data, query={
+            "import-handler": "DICOM-zip", "PROJECT_ID": "SX", "SUBJECT_ID": "S1",
+            "EXPT_LABEL": "E1"})
+        project = x.projects["SX"]
+        assert [s.label for s in project.subjects.values()] == ["S1"]
+        session = project.experiments["E1"]
+        assert sorted(session.scans.keys()) == ["1", "2"]
+        assert len(session.scans["1"].resources["DICOM"].files) == 4
+        session_id = session.id
+    central = Interface(server=strict_server.url, user=user, password=password)
+    try:
+        assert central.select.project("SX").experiments().get() == [session_id]
+        rows = central.array.scans(project_id="SX", experiment_type="xnat:ctSessionData",
+                                   scan_type="xnat:ctScanData").data
+        assert sorted(r["xnat:ctscandata/id"] for r in rows) == ["1", "2"]
+    finally:
+        central.disconnect()
