@@ -301,7 +301,7 @@ def check_hu_calibration(m: ImageMeasurements) -> ImageCheck:
 
     Air: median HU of the voxels inside the field of view farther than 15 mm from the body
     (reconstruction noise and streaks average out; clipped air at -1024 counts as air).
-    Soft tissue: median HU of the body voxels between -200 and 250 HU at least 8 mm inside
+    Soft tissue: median HU of the body voxels between -450 and 600 HU at least 8 mm inside
     the surface (muscle, glands; fat pulls it slightly down). Flagged when the air is more
     than 100 HU off -1000, or the tissue median is outside -60 to 130 HU.
     """
@@ -318,7 +318,7 @@ def check_hu_calibration(m: ImageMeasurements) -> ImageCheck:
     air = (~near_body) & m.fov[None]
     deep = round(8.0 / m.pixel_mm)
     inside = ndimage.binary_erosion(m.body, structure=_SLICE, iterations=deep)
-    soft = inside & (m.hu > -200.0) & (m.hu < 250.0)
+    soft = inside & (m.hu > -450.0) & (m.hu < 600.0)
     if int(air.sum()) < 500 or int(soft.sum()) < 500:
         return _not_assessed(name, unit, limit, "too little air around the patient or soft tissue to measure")
     air_hu = float(np.median(m.hu[air]))

@@ -9,12 +9,15 @@ import pytest
 
 from qa_core.errors import StatisticsError
 from qa_core.outliers import (
+    ALERT_ALPHA,
     MEANAD_TO_SIGMA,
+    attribution_residual_z,
     deleted_residuals,
     detect_outliers,
     isotonic_fit,
     isotonic_predict,
     robust_z,
+    session_alerts,
 )
 
 
@@ -29,7 +32,12 @@ def test_isotonic_fit_known_values() -> None:
 
 
 def test_isotonic_predict_interpolates_and_holds_ends() -> None:
-    assert isotonic_predict([1, 2, 3], [1.0, 2.0, 4.0], [2.5, 0.0, 9.0, 2.0]).tolist() == [3.0, 1.0, 4.0, 2.0]
+    assert isotonic_predict([1, 2, 3], [1.0, 2.0, 4.0], [2.5, 0.0, 9.0, 2.0]).tolist() == [
+        3.0,
+        1.0,
+        4.0,
+        2.0,
+    ]
 
 
 def test_deleted_residuals_hand_computed() -> None:
@@ -66,7 +74,9 @@ def test_robust_z_no_spread_gives_zero_and_says_so() -> None:
     assert "nothing can be flagged" in r.warnings[0]
 
 
-@pytest.mark.parametrize(("bad", "match"), [([], "empty"), ([1.0, np.nan], "non-finite"), ([[1.0]], "1-D")])
+@pytest.mark.parametrize(
+    ("bad", "match"), [([], "empty"), ([1.0, np.nan], "non-finite"), ([[1.0]], "1-D")]
+)
 def test_robust_z_errors(bad: object, match: str) -> None:
     with pytest.raises(StatisticsError, match=match):
         robust_z(bad)  # type: ignore[arg-type]
@@ -98,7 +108,9 @@ def test_planted_high_ae_is_flagged_with_reason() -> None:
     assert [f.session for f in flags] == ["S03"]
     f = flags[0]
     assert f.robust_z > 3.5 and f.residual_z == f.robust_z
-    assert f.reason.startswith(f"log AE +{f.robust_z:.1f} robust-z above the increasing isotonic trend of the other volumes")
+    assert f.reason.startswith(
+        f"log AE +{f.robust_z:.1f} robust-z above the increasing isotonic trend of the other volumes"
+    )
     assert f"AE {ae[3]:.4g}" in f.reason and f"consensus {consensus[3]:.2f}" in f.reason
     assert math.isnan(f.delta_rho)
     assert rep.residual_kind == "leave_one_out" and rep.log_ae
@@ -123,7 +135,11 @@ def test_influence_flag_from_delta_rho() -> None:
     # Below the |Δρ| floor nothing is flagged even with a huge robust z.
     small = np.full(16, 0.001)
     small[5] = 0.05
-    assert not [f for f in detect_outliers(sessions, ae, consensus, delta_rho=small).flags if f.kind == "influence"]
+    assert not [
+        f
+        for f in detect_outliers(sessions, ae, consensus, delta_rho=small).flags
+        if f.kind == "influence"
+    ]
     # NaN Δρ (undefined LOO subset) is skipped and reported.
     with_nan = delta.copy()
     with_nan[0] = np.nan
@@ -174,3 +190,139 @@ def test_detect_outliers_errors() -> None:
         detect_outliers(s, ae, c, delta_rho=[0.1, 0.2])
     with pytest.raises(StatisticsError, match="ae has non-finite"):
         detect_outliers(s, np.where(np.arange(5) == 1, np.nan, ae), c)
+
+
+# --------------------------------------------------------------------------- default alerts
+
+
+def _cohort(
+    n: int = 24, seed: int = 0
+) -> tuple[list[str], dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """AE = exp(pred) with bounded multiplicative noise (|robust z| <= 1.35); consensus = prediction + noise."""
+    from qa_core.categories import CATEGORIES
+
+    rng = np.random.default_rng(seed)
+    ids = [f"S{i:02d}" for i in range(n)]
+    pred = {c: rng.uniform(1.5, 4.5, n) for c in CATEGORIES}
+    ae = {
+        c: 100 * np.exp(pred[c] + rng.permutation(np.linspace(-0.08, 0.08, n))) for c in CATEGORIES
+    }
+    cons = {c: np.clip(np.round(pred[c] + rng.normal(0, 0.2, n), 1), 1, 5) for c in CATEGORIES}
+    return ids, ae, pred, cons
+
+
+def test_holm_known_values() -> None:
+    from qa_core.outliers import _holm
+
+    # sorted 0.01, 0.03, 0.04 -> 3*0.01, max(0.03, 2*0.03), max(0.06, 1*0.04)
+    np.testing.assert_allclose(_holm(np.array([0.01, 0.04, 0.03])), [0.03, 0.06, 0.06])
+    out = _holm(np.array([0.2, np.nan, 0.01]))
+    assert math.isnan(out[1]) and out[2] == pytest.approx(0.02) and out[0] == pytest.approx(0.2)
+
+
+def test_attribution_residual_z_finds_the_odd_map() -> None:
+    ids, ae, pred, _ = _cohort()
+    a = ae["parotid"].copy()
+    a[5] *= 8.0  # eight times the energy of sessions with the same prediction
+    z = attribution_residual_z(ids, a, pred["parotid"]).z
+    assert z[5] > 20 and np.max(np.abs(np.delete(z, 5))) < 4.5
+    with pytest.raises(StatisticsError, match="AE must be > 0"):
+        attribution_residual_z(ids, np.zeros(len(ids)), pred["parotid"])
+    with pytest.raises(StatisticsError, match="one AE and one prediction"):
+        attribution_residual_z(ids, a[:3], pred["parotid"])
+
+
+def test_session_alerts_clean_cohort_raises_nothing() -> None:
+    ids, ae, pred, _ = _cohort()
+    assert session_alerts(ids, ae, pred) == ()
+
+
+def test_session_alerts_name_the_session_category_and_rule() -> None:
+    ids, ae, pred, cons = _cohort()
+    ae["larynx"][3] /= 10.0
+    alerts = session_alerts(ids, ae, pred)
+    assert [(a.session, a.category, a.rule) for a in alerts] == [
+        ("S03", "larynx", "attribution_vs_prediction")
+    ]
+    a = alerts[0]
+    assert a.value < -20 and a.p_holm < ALERT_ALPHA
+    assert "less attribution energy than other sessions with the same predicted score" in a.reason
+    assert a.to_dict()["session"] == "S03"
+    # with the consensus the same session is also off its trend on the ratings
+    rules = {x.rule for x in session_alerts(ids, ae, pred, consensus=cons) if x.session == "S03"}
+    assert rules == {"attribution_vs_prediction", "ae_vs_consensus"}
+
+
+def test_session_alerts_carry_image_checks_for_every_category() -> None:
+    from qa_core.image_checks import ImageCheck, ImageCheckReport
+
+    ids, ae, pred, _ = _cohort()
+    bad = ImageCheckReport(
+        (
+            ImageCheck("metal", True, True, 9.0, "cm3", "> 4 cm3", reason="9.0 cm³ of metal"),
+            ImageCheck("motion", True, False, -960.0, "HU", "> -850 HU"),
+        )
+    )
+    alerts = session_alerts(ids, ae, pred, image_checks={"S07": bad})
+    assert [(a.session, a.category, a.rule, a.reason) for a in alerts] == [
+        ("S07", "all", "image:metal", "9.0 cm³ of metal")
+    ]
+
+
+def test_consensus_alerts_apply_holm_on_the_tail_scaled_z() -> None:
+    from qa_core.outliers import OutlierFlag, consensus_alerts
+
+    ids = ["A", "B", "C", "D"]
+    zs = {"parotid": [5.0, 0.1, -0.3, 0.2], "larynx": [0.5, 0.0, 0.1, -0.2]}
+    flag = OutlierFlag("A", "ae_residual", "r", 5.0, 10.0, 3.0, 5.0, 0.7, 5.0, math.nan)
+    flags = {"parotid": (flag,)}
+    # z 5 read as normal: p 5.7e-7, Holm over 2 categories 1.1e-6 < 0.01
+    got = consensus_alerts(ids, zs, flags, tail_scale=1.0)
+    assert [(a.session, a.category, a.rule) for a in got] == [("A", "parotid", "ae_vs_consensus")]
+    assert got[0].p_holm == pytest.approx(2 * 5.733e-7, rel=1e-3)
+    # with tails twice as heavy: z/2 = 2.5, p 0.0124, Holm 0.025 > 0.01: the DESIGN flag stays a flag
+    assert consensus_alerts(ids, zs, flags, tail_scale=2.0) == []
+    with pytest.raises(StatisticsError, match="tail_scale"):
+        consensus_alerts(ids, zs, flags, tail_scale=0.0)
+
+
+def test_alerts_from_analysis_matches_session_alerts() -> None:
+    from qa_core.outliers import alerts_from_analysis
+    from qa_core.statistics import analyze_table
+
+    ids, ae, pred, cons = _cohort(n=16, seed=3)
+    ae["mandible"][2] *= 12.0
+    rows = [
+        {
+            "session": s,
+            "category": c,
+            "ae": float(ae[c][i]),
+            "consensus": float(cons[c][i]),
+            "predicted": float(pred[c][i]),
+        }
+        for i, s in enumerate(ids)
+        for c in ae
+    ]
+    analysis = analyze_table(rows, n_resamples=200, seed=0)
+    got = alerts_from_analysis(
+        analysis.results,
+        {s: {c: float(pred[c][i]) for c in pred} for i, s in enumerate(ids)},
+        {s: {c: float(ae[c][i]) for c in ae} for i, s in enumerate(ids)},
+    )
+    want = session_alerts(ids, ae, pred, consensus=cons)
+    assert [(a.session, a.category, a.rule) for a in got] == [
+        (a.session, a.category, a.rule) for a in want
+    ]
+    assert ("S02", "mandible", "attribution_vs_prediction") in [
+        (a.session, a.category, a.rule) for a in got
+    ]
+
+
+def test_session_alerts_errors() -> None:
+    ids, ae, pred, _ = _cohort(n=6)
+    with pytest.raises(StatisticsError, match="at least 4 sessions"):
+        session_alerts(ids[:3], {"parotid": ae["parotid"][:3]}, {"parotid": pred["parotid"][:3]})
+    with pytest.raises(StatisticsError, match="duplicate"):
+        session_alerts([*ids[:5], ids[0]], ae, pred)
+    with pytest.raises(StatisticsError, match="alpha"):
+        session_alerts(ids, ae, pred, alpha=1.5)
