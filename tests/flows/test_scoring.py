@@ -162,7 +162,7 @@ def test_score_sessions_writes_complete_and_failed_assessments(project, model, t
         assert len(gw.read_assessments(PROJECT)) == 4
 
 
-def test_outlier_flags_written_once(project, model, tmp_path) -> None:
+def test_small_cohort_analysis_is_refused_and_rows_are_built(project, model, tmp_path) -> None:
     version = model_version(model)
     with XnatGateway.connect(project.url, project.user, project.password, project=PROJECT) as gw:
         todo = gw.find_sessions_to_score(PROJECT, model_version=version)
@@ -184,6 +184,68 @@ def test_outlier_flags_written_once(project, model, tmp_path) -> None:
         cons = {(r["session"], r["category"]): r["consensus"] for r in rows}
         assert cons[("SESS0", "parotid")] == pytest.approx((2 + 2 + 3) / 3)
         assert all(r["predicted"] is not None for r in rows)
+
+
+def _table_with_outlier(session: str, category: str) -> list[dict[str, object]]:
+    """A cohort table in which ``session``'s ``category`` AE is far off the AE-consensus trend."""
+    others = [label for label in ("SESS0", "SESS1", "SESS2") if label != session]
+    rows: list[dict[str, object]] = []
+    for n, label in enumerate(others):
+        for k, cat in enumerate(CATEGORIES):
+            rows.append({"session": label, "category": cat, "ae": 1.0 + n + k / 10,
+                         "consensus": 2.0 + n})
+    for j in range(4):
+        for cat in CATEGORIES:
+            rows.append({"session": f"X{j}", "category": cat, "ae": (1.0 + j) * 1.5,
+                         "consensus": min(5.0, 1.0 + j)})
+    for cat in CATEGORIES:
+        rows.append({"session": session, "category": cat,
+                     "ae": 400.0 if cat == category else 2.0, "consensus": 1.0})
+    return rows
+
+
+@pytest.mark.slow
+def test_outlier_flags_written_once(project, model, tmp_path) -> None:
+    """write_outlier_flags writes each changed assessment once (one complete PUT), then nothing."""
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    from qa_core.statistics import analyze_table
+
+    version = model_version(model)
+    with XnatGateway.connect(project.url, project.user, project.password, project=PROJECT) as gw:
+        score_sessions(gw, gw.find_sessions_to_score(PROJECT, model_version=version), model,
+                       workdir=tmp_path, batch_size=4, top_k=1)
+        sessions = {s.label: s for s in gw.list_sessions(PROJECT)}
+        before = {a.session_label: a for a in gw.read_assessments(PROJECT)
+                  if a.record.status == "complete"}
+        assert {"SESS0", "SESS1", "SESS2"} <= set(before)
+        puts: list[tuple[str, dict[str, list[str]]]] = []
+
+        def record(resp, *args, **kwargs) -> None:  # every answer the gateway's client gets
+            if resp.request.method == "PUT":
+                parts = urlsplit(str(resp.request.url))
+                puts.append((unquote(parts.path).rstrip("/").rsplit("/", 1)[-1],
+                             parse_qs(parts.query)))
+
+        gw.xnat.interface.hooks["response"].append(record)
+        analysis = analyze_table(_table_with_outlier("SESS1", "larynx"), n_resamples=200, seed=1)
+        written = write_outlier_flags(gw, analysis, before.values(), sessions)
+
+        after = {a.session_label: a for a in gw.read_assessments(PROJECT)
+                 if a.record.status == "complete"}
+        flagged = after["SESS1"].record.categories["larynx"]
+        assert flagged.outlier is True and flagged.outlier_reason
+        changed = {label for label in before if after[label].record != before[label].record}
+        assert "SESS1" in changed and written == len(changed)
+        # one completed write per changed assessment, none for the others
+        completed = [label for label, query in puts
+                     if query.get("cbctqa:qaAssessmentData/status") == ["complete"]]
+        assert sorted(completed) == sorted(before[label].label for label in changed)
+        assert {label for label, _ in puts} == {before[label].label for label in changed}
+        # a second pass over the re-read assessments sends no write at all
+        puts.clear()
+        assert write_outlier_flags(gw, analysis, after.values(), sessions) == 0
+        assert puts == []
 
 
 def test_model_version_needs_a_card() -> None:
