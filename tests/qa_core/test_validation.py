@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 
 import pytest
+from scipy.stats import spearmanr
 
 from flows.cli import main
+from qa_core.attribution import attribute_volume
 from qa_core.categories import CATEGORIES
+from qa_core.dicom_series import load_series
 from qa_core.errors import StatisticsError, TrainingError
 from qa_core.model import load_model
 from qa_core.synth import generate_cohort
@@ -22,6 +26,28 @@ def cohort(tmp_path_factory):
     return out
 
 
+def _exact_permutation_p(x: list[float], y: list[float]) -> float:
+    """Two-sided exact permutation p of Spearman's rho: share of all n! orderings of y."""
+    observed = abs(spearmanr(x, y).statistic)
+    hits = total = 0
+    for order in itertools.permutations(y):
+        total += 1
+        hits += abs(spearmanr(x, list(order)).statistic) >= observed - 1e-12
+    return hits / total
+
+
+def _holm(p: dict[str, float]) -> dict[str, float]:
+    """Holm step-down adjusted p-values."""
+    ranked = sorted(p, key=p.__getitem__)
+    out: dict[str, float] = {}
+    running = 0.0
+    for i, key in enumerate(ranked):
+        running = max(running, min(1.0, (len(ranked) - i) * p[key]))
+        out[key] = running
+    return out
+
+
+@pytest.mark.slow
 def test_report_joins_scores_ae_and_consensus(cohort) -> None:
     model = load_model(device="cpu")
     seen: list[str] = []
@@ -36,18 +62,41 @@ def test_report_joins_scores_ae_and_consensus(cohort) -> None:
         )
         assert 1.0 <= row["predicted"] <= 5.0
         assert row["ae"] >= 0.0
+    # one session scored independently: the rows hold exactly what attribution gives
+    first = attribute_volume(model, load_series(cohort / "sessions" / seen[0] / "DICOM"))
+    for row in (r for r in report.rows if r["session"] == seen[0]):
+        assert row["ae"] == pytest.approx(float(first.ae[row["category"]]), rel=1e-6)
+        assert row["predicted"] == pytest.approx(float(first.scores[row["category"]]), rel=1e-6)
+
+    def column(cat: str, key: str) -> list[float]:
+        return [r[key] for r in report.rows if r["category"] == cat]
+
     for m in report.model:
-        preds = [r["predicted"] for r in report.rows if r["category"] == m.category]
-        cons = [r["consensus"] for r in report.rows if r["category"] == m.category]
+        preds, cons = column(m.category, "predicted"), column(m.category, "consensus")
         assert m.mae == pytest.approx(sum(abs(p - c) for p, c in zip(preds, cons, strict=True)) / 5)
         assert m.n == 5
-        assert math.isnan(m.rho) or -1.0 <= m.rho <= 1.0
-    for res in report.analysis.results:
-        assert res.n == 5
-        assert res.verdict  # the product says whether AE tracks the consensus, or why not
+        expected = spearmanr(preds, cons)
+        assert m.rho == pytest.approx(expected.statistic) and m.p == pytest.approx(expected.pvalue)
+    # the AE analysis, recomputed from the rows: rho, exact permutation p (all 5! orderings),
+    # Holm across the five categories
+    results = {res.category: res for res in report.analysis.results}
+    assert list(results) == list(CATEGORIES)
+    perm = {c: _exact_permutation_p(column(c, "ae"), column(c, "consensus")) for c in CATEGORIES}
+    holm = _holm(perm)
+    for cat, res in results.items():
+        assert res.n == 5 and sorted(res.sessions) == seen
+        assert res.rho == pytest.approx(spearmanr(column(cat, "ae"), column(cat, "consensus")).statistic)
+        assert res.perm_exact and res.perm_p == pytest.approx(perm[cat])
+        assert res.p_holm == pytest.approx(holm[cat]) and res.family_size == 5
+        # with 5 volumes the smallest two-sided p is 2/5! = 1/60; Holm over 5 categories lifts
+        # it to 1/12 > 0.05, so the product must not claim that AE tracks consensus
+        assert res.perm_min_p == pytest.approx(2 / math.factorial(5))
+        assert res.verdict_code == "too_few_volumes" and not res.ae_tracks_consensus
+        assert "too few volumes" in res.verdict and "n=5" in res.verdict
     doc = report.to_dict()
     assert set(doc["categories"]) == set(CATEGORIES)
     assert doc["provenance"]["n_sessions"] == 5
+    assert doc["categories"]["parotid"]["ae"]["rho"] == pytest.approx(results["parotid"].rho)
 
 
 def test_validate_cli_writes_json(cohort, tmp_path, capsys) -> None:
