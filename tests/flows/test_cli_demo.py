@@ -6,9 +6,14 @@ from __future__ import annotations
 import json
 
 import pytest
+from scipy.stats import spearmanr
 
 from flows.cli import main
+from flows.commands.demo import DEMO_PROJECT
+from flows.scoring import cohort_rows
 from qa_core.categories import CATEGORIES
+from xnat_plugin.gateway import XnatGateway
+from xnat_plugin.server import ServerConfig, run_in_thread
 
 
 @pytest.mark.slow
@@ -37,11 +42,25 @@ def test_demo_runs_end_to_end_and_is_idempotent(tmp_path, capsys) -> None:
     assert summary["sessions"] == 5
     assert [s["status"] for s in summary["scored"]] == ["complete"] * 5
     assert summary["still_to_score"] == []
+    password = (tmp_path / "xnat" / "ADMIN_PASSWORD").read_text().strip()
+    # the analysis is recomputed independently from what the demo left in its XNAT: the
+    # assessments' AE and the consensus of the ratings, with scipy's Spearman correlation
+    with (
+        run_in_thread(ServerConfig(data_dir=tmp_path / "xnat", admin_user="admin",
+                                   admin_password=password)) as server,
+        XnatGateway.connect(server.url, "admin", password, project=DEMO_PROJECT) as gw,
+    ):
+        rows = cohort_rows(gw.read_assessments(DEMO_PROJECT), gw.read_ratings(DEMO_PROJECT),
+                           model_version=summary["model_version"])
     for cat in CATEGORIES:
         res = summary["analysis"][cat]
-        assert res["n"] == 5
-        assert -1.0 <= res["rho"] <= 1.0
-    password = (tmp_path / "xnat" / "ADMIN_PASSWORD").read_text().strip()
+        mine = sorted((r["session"], r["ae"], r["consensus"]) for r in rows if r["category"] == cat)
+        assert res["n"] == len(mine) == 5
+        assert sorted(res["sessions"]) == [m[0] for m in mine]
+        expected = spearmanr([m[1] for m in mine], [m[2] for m in mine]).statistic
+        assert res["rho"] == pytest.approx(expected, abs=1e-9), cat
+        assert res["ci_low"] <= res["rho"] <= res["ci_high"]
+        assert 0.0 < res["perm_p"] <= 1.0 and res["p_holm"] >= res["perm_p"]
     assert password not in out
     assert password not in (tmp_path / "summary.json").read_text()
 
