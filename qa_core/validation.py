@@ -30,7 +30,113 @@ from qa_core.categories import CATEGORIES
 from qa_core.errors import StatisticsError
 from qa_core.statistics import CohortAnalysis, analyze_table
 
-__all__ = ["ModelAgreement", "ValidationReport", "validate_cohort"]
+__all__ = [
+    "AE_DEFINITIONS",
+    "LocalisationSummary",
+    "ModelAgreement",
+    "ValidationReport",
+    "summarise_localisation",
+    "validate_cohort",
+]
+
+#: What ``ae`` means in the analysed table: ``study`` (Σ L over every map cell, the study's
+#: definition and the default) or ``organ`` (Σ L·r, restricted to the contoured organ; needs an
+#: RTSTRUCT per session; ``overall`` uses the body).
+AE_DEFINITIONS: tuple[str, ...] = ("study", "organ")
+
+
+@dataclass(frozen=True)
+class LocalisationSummary:
+    """Localisation of one category's maps over the sessions with contours.
+
+    Attributes
+    ----------
+    category:
+        Category name.
+    n:
+        Sessions with a region for this category.
+    ae_in_region_median, ae_in_region_q1, ae_in_region_q3:
+        Median and quartiles of the energy share inside the organ (0-1, higher is better).
+    region_share_median:
+        Median chance level (the organ's share of the body).
+    ratio_median:
+        Median of ``ae_in_region / region_share`` (1 = chance).
+    pointing_hit_rate:
+        Pooled pointing-game hit rate: hits over all counted slices of all sessions.
+    n_flagged:
+        Sessions whose map falls mostly outside the organ (:func:`~qa_core.localisation.localisation_flags`).
+    verdict:
+        One sentence in words.
+    """
+
+    category: str
+    n: int
+    ae_in_region_median: float
+    ae_in_region_q1: float
+    ae_in_region_q3: float
+    region_share_median: float
+    ratio_median: float
+    pointing_hit_rate: float
+    n_flagged: int
+    verdict: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (NaN -> None)."""
+        out: dict[str, Any] = {}
+        for k, v in self.__dict__.items():
+            out[k] = None if isinstance(v, float) and math.isnan(v) else v
+        return out
+
+
+def summarise_localisation(rows: list[dict[str, Any]], min_share: float) -> tuple[LocalisationSummary, ...]:
+    """Per-category summary of the localisation columns of validation rows.
+
+    ``rows`` carry ``category``, ``ae_in_region``, ``region_share``, ``pointing_hits`` and
+    ``pointing_slices`` (rows without ``ae_in_region`` are skipped).
+    """
+    out = []
+    for cat in CATEGORIES:
+        sel = [r for r in rows if r["category"] == cat and r.get("ae_in_region") is not None]
+        if not sel:
+            continue
+        share = np.array([r["ae_in_region"] for r in sel], dtype=np.float64)
+        chance = np.array([r["region_share"] for r in sel], dtype=np.float64)
+        ratio = np.where(chance > 0, share / np.where(chance > 0, chance, 1.0), np.nan)
+        hits = sum(int(r.get("pointing_hits") or 0) for r in sel)
+        slices = sum(int(r.get("pointing_slices") or 0) for r in sel)
+        hit_rate = hits / slices if slices else math.nan
+        flagged = int(np.sum(share < min_share))
+        med, q1, q3 = (float(np.nanpercentile(share, q)) for q in (50, 25, 75))
+        med_ratio = float(np.nanmedian(ratio)) if np.isfinite(ratio).any() else math.nan
+        organ = "the body" if cat == "overall" else f"the contoured {cat}"
+        if med_ratio != med_ratio:
+            where = "cannot be compared with chance (no region voxels in the body)"
+        elif med_ratio >= 2:
+            where = f"lies on {organ} well above chance ({med_ratio:.1f}x)"
+        elif med_ratio > 1:
+            where = f"lies on {organ} slightly above chance ({med_ratio:.1f}x)"
+        else:
+            where = f"does not lie on {organ} (at or below chance, {med_ratio:.1f}x)"
+        verdict = (
+            f"the map {where}: median {med:.1%} of its energy inside (chance {float(np.nanmedian(chance)):.1%}); "
+            f"its maximum lies in the organ on {hit_rate:.0%} of the organ's slices; "
+            f"{flagged} of {len(sel)} sessions have maps mostly outside (< {min_share:.0%})"
+        )
+        out.append(
+            LocalisationSummary(
+                category=cat,
+                n=len(sel),
+                ae_in_region_median=med,
+                ae_in_region_q1=q1,
+                ae_in_region_q3=q3,
+                region_share_median=float(np.nanmedian(chance)),
+                ratio_median=med_ratio,
+                pointing_hit_rate=hit_rate,
+                n_flagged=flagged,
+                verdict=verdict,
+            )
+        )
+    return tuple(out)
 
 
 @dataclass(frozen=True)
@@ -70,12 +176,16 @@ class ValidationReport:
         The analysed table: dicts with session, category, ae, consensus, predicted.
     provenance:
         Cohort folder and description, model card fields, method, timing.
+    localisation:
+        Per category, how much of the maps lies on the contoured organ (sessions whose folder
+        holds an RTSTRUCT referencing their series); empty without contours.
     """
 
     model: tuple[ModelAgreement, ...]
     analysis: CohortAnalysis
     rows: tuple[dict[str, Any], ...]
     provenance: dict[str, Any] = field(default_factory=dict)
+    localisation: tuple[LocalisationSummary, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: per category ``model`` agreement and ``ae`` analysis (NaN → None)."""
@@ -84,11 +194,13 @@ class ValidationReport:
             return None if math.isnan(v) else float(v)
 
         analysed = self.analysis.to_dict()
+        loc = {s.category: s.to_dict() for s in self.localisation}
         return {
             "categories": {
                 m.category: {
                     "model": {"n": m.n, "rho": clean(m.rho), "p": clean(m.p), "mae": clean(m.mae)},
                     "ae": analysed.get(m.category),
+                    **({"localisation": loc[m.category]} if m.category in loc else {}),
                 }
                 for m in self.model
             },
@@ -116,6 +228,8 @@ def validate_cohort(
     n_resamples: int = 9999,
     seed: int = 0,
     on_session: Callable[[str], None] | None = None,
+    ae_definition: str = "study",
+    localisation: bool = True,
 ) -> ValidationReport:
     """Score and attribute every session of a rated cohort and analyse AE against consensus.
 
@@ -133,6 +247,13 @@ def validate_cohort(
         Permutation and bootstrap resamples, and their seed.
     on_session:
         Called with each session label after it is attributed (progress).
+    ae_definition:
+        ``study`` (default: AE = Σ L over all map cells, exactly the study's) or ``organ``
+        (AE = Σ L·r, restricted to the contoured organ; every session needs an RTSTRUCT).
+    localisation:
+        Look for an RTSTRUCT referencing each session's series in its folder and report how
+        much of the maps lies on the organs (rows gain ``ae_in_region``, ``region_share``,
+        ``pointing_hit_rate``, ``organ_ae``).
 
     Raises
     ------
@@ -145,8 +266,16 @@ def validate_cohort(
     """
     from qa_core.attribution import attribute_volume
     from qa_core.dicom_series import load_series
+    from qa_core.localisation import localisation_flags, localise_rtstruct
+    from qa_core.rtstruct import find_rtstructs
+    from qa_core.settings import get_settings
     from qa_core.training import read_rated_cohort
 
+    if ae_definition not in AE_DEFINITIONS:
+        raise StatisticsError(
+            f"ae_definition must be one of {', '.join(AE_DEFINITIONS)}; got {ae_definition!r}"
+        )
+    min_share = get_settings().localisation_min_share
     t0 = time.perf_counter()
     entries, description = read_rated_cohort(cohort_dir)
     if len(entries) < 4:
@@ -158,16 +287,45 @@ def validate_cohort(
     for entry in entries:
         volume = load_series(entry.dicom_dir)
         result = attribute_volume(model, volume, method=method, batch_size=batch_size)
+        loc = None
+        if localisation or ae_definition == "organ":
+            found = find_rtstructs(entry.dicom_dir.parent, series_uid=volume.series_uid)
+            if found:
+                loc, _ = localise_rtstruct(result, volume, found[0].path)
+            elif ae_definition == "organ":
+                raise StatisticsError(
+                    f"session {entry.label}: no RTSTRUCT referencing series {volume.series_uid} in "
+                    f"{entry.dicom_dir.parent}; ae_definition='organ' needs contours for every session"
+                )
+        flagged = {f.category: f.reason for f in localisation_flags(loc, min_share=min_share)} if loc else {}
         for cat in CATEGORIES:
-            rows.append(
-                {
-                    "session": entry.label,
-                    "category": cat,
-                    "ae": float(result.ae[cat]),
-                    "consensus": float(entry.consensus[cat]),
-                    "predicted": float(result.scores[cat]),
-                }
-            )
+            row: dict[str, Any] = {
+                "session": entry.label,
+                "category": cat,
+                "ae": float(result.ae[cat]),
+                "consensus": float(entry.consensus[cat]),
+                "predicted": float(result.scores[cat]),
+            }
+            cl = loc.categories.get(cat) if loc is not None else None
+            if cl is not None:
+                row.update(
+                    ae_study=float(result.ae[cat]),
+                    organ_ae=cl.organ_ae,
+                    ae_in_region=None if math.isnan(cl.ae_in_region) else cl.ae_in_region,
+                    region_share=cl.region_share,
+                    pointing_hit_rate=None if math.isnan(cl.pointing_hit_rate) else cl.pointing_hit_rate,
+                    pointing_hits=cl.pointing_hits,
+                    pointing_slices=cl.pointing_slices,
+                    localisation_flag=flagged.get(cat, ""),
+                )
+                if ae_definition == "organ":
+                    row["ae"] = cl.organ_ae
+            elif ae_definition == "organ":
+                raise StatisticsError(
+                    f"session {entry.label}: no {cat} ROI in its RTSTRUCT; ae_definition='organ' "
+                    "needs every category's organ (map other ROI names with CBCTQA_ROI_ALIASES)"
+                )
+            rows.append(row)
         if on_session is not None:
             on_session(entry.label)
     agreement = tuple(
@@ -187,8 +345,12 @@ def validate_cohort(
         "model_sha256": card.get("sha256"),
         "model_name": (card.get("architecture") or {}).get("name"),
         "method": method,
+        "ae_definition": ae_definition,
+        "localisation_min_share": min_share,
         "n_resamples": n_resamples,
         "seed": seed,
         "seconds": round(time.perf_counter() - t0, 3),
     }
-    return ValidationReport(agreement, analysis, tuple(rows), provenance)
+    return ValidationReport(
+        agreement, analysis, tuple(rows), provenance, summarise_localisation(rows, min_share)
+    )

@@ -39,6 +39,14 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     )
     p.add_argument("--seed", type=int, default=0, metavar="K", help="random seed (default 0)")
     p.add_argument(
+        "--ae",
+        choices=("study", "organ"),
+        default="study",
+        help="AE definition: study (sum of the raw map over all cells, the default and the "
+        "study's) or organ (sum of the map times its coverage by the contoured organ; needs an "
+        "RTSTRUCT per session)",
+    )
+    p.add_argument(
         "--json", type=Path, default=None, metavar="OUT", help="write the report as JSON"
     )
     p.set_defaults(handler=run)
@@ -63,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         n_resamples=args.n_resamples,
         seed=args.seed,
         on_session=lambda label: print(f"  attributed {label}", file=sys.stderr),
+        ae_definition=args.ae,
     )
     print(
         f"cohort {args.cohort}: {report.provenance['n_sessions']} sessions, "
@@ -76,7 +85,30 @@ def run(args: argparse.Namespace) -> int:
         p = "n/a" if math.isnan(m.p) else f"{m.p:.2g}"
         print(f"  {m.category:<15}{m.n:>3}  {rho:>6}  {p:>9}  {m.mae:6.2f}")
     print()
+    if args.ae != "study":
+        print(f"AE definition: {args.ae} (sum of the raw map times its coverage by the organ)")
     print(format_report(report.analysis))
+    if report.localisation:
+        print()
+        print(
+            "Localisation (sessions with an RTSTRUCT): share of each map's energy inside the "
+            "contoured organ (overall: the body), its chance level (the organ's share of the body), "
+            "their ratio, and the pointing game (map maximum inside the organ, over its slices):"
+        )
+        print(
+            f"  {'category':<15}{'n':>3}  {'in organ':>9}  {'IQR':>13}  {'chance':>7}  "
+            f"{'ratio':>6}  {'pointing':>8}  {'flagged':>7}"
+        )
+        for loc in report.localisation:
+            iqr = f"{loc.ae_in_region_q1:.1%}-{loc.ae_in_region_q3:.1%}"
+            ratio = "n/a" if math.isnan(loc.ratio_median) else f"{loc.ratio_median:.2f}"
+            hit = "n/a" if math.isnan(loc.pointing_hit_rate) else f"{loc.pointing_hit_rate:.0%}"
+            print(
+                f"  {loc.category:<15}{loc.n:>3}  {loc.ae_in_region_median:>9.1%}  {iqr:>13}  "
+                f"{loc.region_share_median:>7.1%}  {ratio:>6}  {hit:>8}  {loc.n_flagged:>7}"
+            )
+        for loc in report.localisation:
+            print(f"  {loc.category}: {loc.verdict}")
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(

@@ -117,7 +117,8 @@ def test_validate_cli_writes_json(cohort, tmp_path, capsys) -> None:
     assert "Model vs consensus" in text and "Verdicts:" in text
     doc = json.loads(out.read_text())
     for cat in CATEGORIES:
-        assert set(doc["categories"][cat]) == {"model", "ae"}
+        # simulated sessions carry an RTSTRUCT: localisation is reported beside the AE analysis
+        assert set(doc["categories"][cat]) == {"model", "ae", "localisation"}
         assert "rho" in doc["categories"][cat]["ae"]
 
 
