@@ -60,6 +60,27 @@ class Settings(BaseSettings):
     database_url: str | None = None
     """Production mode: PostgreSQL URL for the local XNAT-compatible server; ``None`` = SQLite."""
 
+    poll_interval_s: float = Field(60.0, gt=0)
+    """Seconds between discovery passes of ``cbctqa serve`` (the safety net behind push events)."""
+
+    prefect_port: int = Field(4200, ge=1, le=65535)
+    """Port of the local Prefect server started on 127.0.0.1 when ``PREFECT_API_URL`` is unset."""
+
+    max_attempts: int = Field(3, ge=1, le=20)
+    """Scoring attempts per session and model version for transient trouble (XNAT 5xx, dropped
+    connections, timeouts), counted over runs and discovery passes; then ``failed``."""
+
+    scoring_concurrency: int = Field(2, ge=1, le=1024)
+    """Slots of the Prefect global concurrency limit ``cbctqa-scoring``: sessions scored at the
+    same time by all workers together (protects the machines and XNAT from a burst)."""
+
+    session_timeout_s: float = Field(1800.0, gt=0)
+    """Timeout of one ``score_session`` flow run in seconds; a run past it counts as one
+    transient attempt."""
+
+    projects: str = ""
+    """Comma-separated XNAT project IDs ``cbctqa serve`` watches when no ``--project`` is given."""
+
     @field_validator("log_level")
     @classmethod
     def _level_known(cls, v: str) -> str:

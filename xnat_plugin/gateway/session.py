@@ -1322,6 +1322,44 @@ class XnatGateway:
         logger.info("wrote %s as %s", what, accession)
         return accession
 
+    def write_project_files(
+        self, project: str | None, label: str, paths: Sequence[str | Path]
+    ) -> list[str]:
+        """Upload files into the project resource ``label`` (replacing same-named files).
+
+        One PUT per file (``overwrite=true``) and one listing to check they are there. Used for
+        the cohort report (``CBCTQA_REPORT``). Returns the files' URIs.
+        """
+        project = self._project_or_default(project)
+        if not _RESOURCE_LABEL.fullmatch(label):
+            raise XnatValidationError(
+                f"project {project}: resource label {label!r} must match [A-Za-z0-9_-]+"
+            )
+        files = [Path(p) for p in paths]
+        for f in files:
+            if not f.is_file():
+                raise XnatValidationError(f"project {project}: file {f} to upload does not exist")
+        base = f"/data/projects/{quote(project, safe='')}/resources/{quote(label, safe='')}/files"
+        what = f"project {project} resource {label}"
+        for f in files:
+            self._request(
+                "PUT",
+                f"{base}/{quote(f.name, safe='')}",
+                what=f"{what} file {f.name}",
+                query={"overwrite": "true", "inbody": "true"},
+                data=functools.partial(open, f, "rb"),
+                headers={"Content-Type": "application/octet-stream"},
+                accepted=_OK_CREATED,
+            )
+        rows = self._listing(base, what=what, query={})
+        listed = {row.get("name") or PurePosixPath(row.get("uri", "")).name: row.get("uri", "")
+                  for row in rows}  # fmt: skip
+        missing = [f.name for f in files if f.name not in listed]
+        if missing:
+            raise XnatResponseFormatError(f"{what}: uploaded {missing} but XNAT does not list them",
+                                          uri=base)  # fmt: skip
+        return [listed[f.name] or f"{base}/{f.name}" for f in files]
+
     # ------------------------------------------------------------------ bulk reads
 
     def _assessor_listing(

@@ -1,0 +1,209 @@
+"""An in-process executor of scheduled flow runs: the model stays loaded between sessions.
+
+Prefect's runner (``serve``) and its process worker start one Python process per flow run;
+scoring would then import torch and load the model for every session. :class:`FlowRunWorker`
+does what a Prefect worker does for the runs of the deployments it is given (poll the API for
+``SCHEDULED`` runs that are due, claim each by proposing ``PENDING``, which the server grants
+to exactly one claimant and refuses while a deployment concurrency limit is full, then run it
+with Prefect's own engine, ``prefect.flow_engine.run_flow``) but in threads of one long-lived
+process: the model and the XNAT connection are loaded once (see
+:func:`flows.session_flows.worker_model`). States, logs, retries, timeouts, concurrency
+limits and events are Prefect's; several such workers (threads or machines) may poll the same
+deployments: a run is executed once.
+
+Production on a process work pool uses ``prefect worker start`` instead (one process per run,
+see the README); both may run side by side.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import datetime as _dt
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from uuid import UUID
+
+    from prefect import Flow
+    from prefect.client.schemas.objects import FlowRun
+
+__all__ = ["FlowRunWorker"]
+
+logger = logging.getLogger(__name__)
+
+
+class FlowRunWorker:
+    """Poll, claim and execute scheduled runs of some deployments in this process.
+
+    Parameters
+    ----------
+    flows:
+        Deployment ID to the flow object its runs execute.
+    workers:
+        Runs executed at the same time (threads).
+    poll_interval:
+        Seconds between polls for due runs.
+    name:
+        Shown in logs.
+
+    Use as a context manager (``start`` on enter, ``stop`` on exit), or call them yourself.
+    """
+
+    def __init__(
+        self,
+        flows: Mapping[UUID, Flow[Any, Any]],
+        *,
+        workers: int = 1,
+        poll_interval: float = 1.0,
+        name: str = "cbctqa-worker",
+    ) -> None:
+        if workers < 1:
+            raise ValueError(f"FlowRunWorker: workers is {workers}; expected >= 1")
+        self._flows = dict(flows)
+        self._workers = workers
+        self._poll = poll_interval
+        self._name = name
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=name)
+        self._busy: dict[str, Future[Any]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._context = contextvars.copy_context()
+        self.executed: list[str] = []
+        """IDs of the runs this worker executed (in order of claiming)."""
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> FlowRunWorker:
+        """Start polling in a background thread (Prefect settings of the caller's context)."""
+        self._context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=self._context.copy().run, args=(self._loop,), name=f"{self._name}-poll",
+            daemon=True,
+        )  # fmt: skip
+        self._thread.start()
+        return self
+
+    def stop(self, wait: bool = True) -> None:
+        """Stop claiming runs; with ``wait`` let the running ones finish."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+        self._pool.shutdown(wait=wait, cancel_futures=True)
+
+    def __enter__(self) -> FlowRunWorker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def busy(self) -> int:
+        """Runs executing now."""
+        with self._lock:
+            return sum(not f.done() for f in self._busy.values())
+
+    # ------------------------------------------------------------------ polling
+
+    def _loop(self) -> None:
+        from prefect.client.orchestration import get_client
+
+        with get_client(sync_client=True) as client:
+            while not self._stop.is_set():
+                try:
+                    self.poll_once(client)
+                except Exception as exc:
+                    logger.warning("%s: polling the Prefect API failed: %s", self._name, exc)
+                self._stop.wait(self._poll)
+
+    def poll_once(self, client: Any) -> int:
+        """Claim and submit due runs up to the free threads; returns how many were submitted."""
+        from prefect.client.schemas.filters import (
+            FlowRunFilter,
+            FlowRunFilterDeploymentId,
+            FlowRunFilterNextScheduledStartTime,
+            FlowRunFilterState,
+            FlowRunFilterStateType,
+        )
+        from prefect.client.schemas.objects import StateType
+        from prefect.client.schemas.sorting import FlowRunSort
+
+        with self._lock:
+            self._busy = {k: f for k, f in self._busy.items() if not f.done()}
+            free = self._workers - len(self._busy)
+        if free <= 0:
+            return 0
+        now = _dt.datetime.now(_dt.UTC)
+        runs = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                deployment_id=FlowRunFilterDeploymentId(any_=list(self._flows)),
+                state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.SCHEDULED])),
+                next_scheduled_start_time=FlowRunFilterNextScheduledStartTime(before_=now),
+            ),
+            sort=FlowRunSort.NEXT_SCHEDULED_START_TIME_ASC,
+            limit=free * 2,
+        )
+        submitted = 0
+        for run in runs:
+            if submitted >= free or self._stop.is_set():
+                break
+            if self._claim(client, run):
+                self._submit(run)
+                submitted += 1
+        return submitted
+
+    def _claim(self, client: Any, run: FlowRun) -> bool:
+        """Propose PENDING as Prefect workers do; only one claimant is accepted."""
+        from prefect.client.schemas.objects import StateType
+        from prefect.states import Pending
+
+        try:
+            result = client.set_flow_run_state(run.id, Pending())
+        except Exception as exc:
+            logger.info("%s: could not claim run %s: %s", self._name, run.id, exc)
+            return False
+        state = result.state
+        return state is not None and state.type == StateType.PENDING and result.status.value == "ACCEPT"
+
+    def _submit(self, run: FlowRun) -> None:
+        flow = self._flows[run.deployment_id]  # type: ignore[index]
+        ctx = self._context.copy()
+        future = self._pool.submit(ctx.run, self._execute, flow, run)
+        with self._lock:
+            self._busy[str(run.id)] = future
+            self.executed.append(str(run.id))
+
+    def _execute(self, flow: Flow[Any, Any], run: FlowRun) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.flow_engine import run_flow
+
+        t0 = time.perf_counter()
+        with get_client(sync_client=True) as client:
+            fresh = client.read_flow_run(run.id)
+        try:
+            state = run_flow(flow, flow_run=fresh, return_type="state")
+        except BaseException as exc:
+            logger.error("%s: run %s (%s) crashed: %s", self._name, run.id, run.name, exc)
+            self._mark_crashed(run, exc)
+            return
+        logger.info("%s: run %s (%s) ended %s in %.2f s", self._name, run.id, run.name,
+                    getattr(state, "type", state), time.perf_counter() - t0)  # fmt: skip
+
+    def _mark_crashed(self, run: FlowRun, exc: BaseException) -> None:
+        from prefect.client.orchestration import get_client
+        from prefect.states import Crashed
+
+        try:
+            with get_client(sync_client=True) as client:
+                current = client.read_flow_run(run.id)
+                if current.state is None or not current.state.is_final():
+                    client.set_flow_run_state(
+                        run.id, Crashed(message=f"{type(exc).__name__}: {exc}"), force=True
+                    )
+        except Exception as mark_exc:
+            logger.warning("%s: could not mark run %s crashed: %s", self._name, run.id, mark_exc)
