@@ -85,7 +85,9 @@ def test_hu_calibration_offset_is_flagged_with_the_numbers() -> None:
     assert "air around the patient reads -800 HU" in bad.reason
     assert "soft tissue reads 240 HU" in bad.reason
     low = check_hu_calibration(measure_image(_vol(np.clip(hu * 0.9 - 150.0, -1024, 3071))))
-    assert low.flagged and "soft tissue reads -114 HU" in low.reason
+    # a negative offset pushes the air to the floor of the 12-bit range
+    assert low.flagged and "air around the patient reads -1024 HU instead of -1000 ± 20" in low.reason
+    assert low.details["soft_tissue_hu"] == pytest.approx(0.9 * 40 - 150, abs=5)
 
 
 def test_head_feet_flip_is_flagged() -> None:

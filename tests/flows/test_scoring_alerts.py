@@ -1,0 +1,48 @@
+"""Scoring records failed image checks on the assessment, and cohort monitoring keeps them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from flows.scoring import IMAGE_CHECK_PREFIX, assessment_record, image_checks_of
+from qa_core.attribution import attribute_volume
+from qa_core.image_checks import ImageCheck, ImageCheckReport
+from qa_core.model import load_model
+from qa_core.synth import simulate_session
+from qa_core.volume import Volume
+
+
+@pytest.fixture(scope="module")
+def scored() -> tuple[object, Volume, object]:
+    model = load_model()
+    sim = simulate_session(7, 1, slices=16, size=96, anomaly="flip_hf")
+    volume = Volume(hu=sim.hu, spacing=sim.spacing, series_uid="1.2.3")
+    return model, volume, attribute_volume(model, volume, batch_size=16)
+
+
+@pytest.mark.slow
+def test_failed_image_check_flags_every_category_with_its_reason(scored) -> None:  # type: ignore[no-untyped-def]
+    model, volume, result = scored
+    checks = image_checks_of(volume, "S1")
+    assert checks is not None and [c.name for c in checks.flagged] == ["head_feet"]
+    rec = assessment_record(
+        result, volume, scan_id="1", model=model, duration_s=1.0, image_checks=checks
+    )
+    for cat in rec.categories.values():
+        assert cat.outlier is True
+        assert cat.outlier_reason.startswith(
+            f"{IMAGE_CHECK_PREFIX} the teeth and mandible lie in the lower part"
+        )
+        assert "; " not in cat.outlier_reason  # one reason; write_outlier_flags splits on "; "
+
+
+@pytest.mark.slow
+def test_passed_image_checks_leave_the_outlier_flag_unknown(scored) -> None:  # type: ignore[no-untyped-def]
+    model, volume, result = scored
+    ok = ImageCheckReport((ImageCheck("metal", True, False, 0.5, "cm3", "> 6 cm3"),))
+    rec = assessment_record(
+        result, volume, scan_id="1", model=model, duration_s=1.0, image_checks=ok
+    )
+    assert all(c.outlier is None and c.outlier_reason == "" for c in rec.categories.values())
+    assert image_checks_of(Volume(hu=np.zeros((2, 8, 8), np.float32), spacing=(1, 1, 1))) is None
