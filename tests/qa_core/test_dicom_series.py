@@ -566,3 +566,117 @@ def test_corrupted_bytes_raise_only_project_errors(tmp_path: Path) -> None:
         except CbctQaError:
             continue
         assert vol.hu.dtype == np.float32 and vol.hu.ndim == 3
+
+
+# --------------------------------------------------------------------------- geometry and limits
+
+
+def _retag(path: Path, tag: int, vr: str, value: Any) -> None:
+    """Store ``value`` under ``tag`` with ``vr`` as written (bypasses pydicom's DS checks)."""
+    ds = pydicom.dcmread(path)
+    if tag in ds:
+        del ds[tag]
+    ds.add_new(tag, vr, value)
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_multi_frame_images_are_refused_by_name(tmp_path: Path) -> None:
+    from pydicom.uid import EnhancedCTImageStorage
+
+    _, paths = _series(tmp_path / "mf", shape=(3, 6, 6))
+    # one file holding all three frames, as a multi-frame export writes it
+    ds = pydicom.dcmread(paths[0])
+    frames = [pydicom.dcmread(p).pixel_array for p in paths]
+    ds.NumberOfFrames = 3
+    ds.PixelData = np.stack(frames).astype(frames[0].dtype).tobytes()
+    multi = tmp_path / "multi"
+    multi.mkdir()
+    ds.save_as(multi / "MF.dcm", enforce_file_format=True)
+    with pytest.raises(qa_core.errors.DicomError, match=r"MF\.dcm: multi-frame .*single-frame"):
+        load_series(multi)
+    # the Enhanced CT storage class is named as such even with one frame
+    enhanced = tmp_path / "enhanced"
+    shutil.copytree(tmp_path / "mf", enhanced)
+    for path in sorted(enhanced.glob("*.dcm")):
+        edited = pydicom.dcmread(path)
+        edited.SOPClassUID = EnhancedCTImageStorage
+        edited.file_meta.MediaStorageSOPClassUID = EnhancedCTImageStorage
+        edited.save_as(path, enforce_file_format=True)
+    with pytest.raises(qa_core.errors.DicomError, match=r"multi-frame \(Enhanced CT\)") as info:
+        load_series(enhanced)
+    assert "CT0000.dcm" in str(info.value) and isinstance(info.value, CbctQaError)
+
+
+def test_mixed_orientations_in_one_series(tmp_path: Path) -> None:
+    _, paths = _series(tmp_path / "o", shape=(4, 6, 6))
+    _edit(paths[2], ImageOrientationPatient=[1, 0, 0, 0, 0, -1])  # a coronal slice
+    with pytest.raises(MixedMatrixError, match=r"mixes slice orientations.*CT0002\.dcm"):
+        load_series(tmp_path / "o")
+
+
+@pytest.mark.parametrize(
+    ("keyword", "match"),
+    [
+        ("ImagePositionPatient", r"CT0001\.dcm lack\(s\) ImageOrientationPatient or ImagePositionPatient"),
+        ("ImageOrientationPatient", r"CT0001\.dcm lack\(s\) ImageOrientationPatient or ImagePositionPatient"),
+        ("PixelSpacing", r"CT0001\.dcm lack\(s\) Rows, Columns or PixelSpacing"),
+    ],
+)
+def test_missing_geometry_tags_name_the_file(tmp_path: Path, keyword: str, match: str) -> None:
+    _, paths = _series(tmp_path / "g", shape=(3, 6, 6))
+    _edit(paths[1], **{keyword: None})
+    with pytest.raises(qa_core.errors.DicomError, match=match):
+        load_series(tmp_path / "g")
+
+
+def test_single_slice_without_geometry_loads_with_a_warning(tmp_path: Path) -> None:
+    hu, paths = _series(tmp_path / "one", shape=(1, 6, 6))
+    _edit(paths[0], ImagePositionPatient=None, ImageOrientationPatient=None)
+    volume = load_series(tmp_path / "one")
+    assert volume.hu.shape == (1, 6, 6)
+    np.testing.assert_allclose(volume.hu, hu, atol=1.0)
+    assert any("assumed axial" in w for w in volume.provenance["warnings"])
+
+
+@pytest.mark.parametrize(
+    ("tag", "vr", "value", "match"),
+    [
+        (0x00280030, "LO", "0.8\\abc", r"CT0001\.dcm: PixelSpacing value .* is not numeric"),
+        (0x00200032, "LO", "1\\2", r"CT0001\.dcm: ImagePositionPatient has 2 value\(s\), expected 3"),
+        (0x00200037, "LO", "1\\0\\0\\0\\x\\0", r"CT0001\.dcm: ImageOrientationPatient value .* is not numeric"),
+        (0x00281053, "LO", "steep", r"CT0001\.dcm: RescaleSlope value 'steep' is not a number"),
+        (0x00180050, "LO", "thin", r"CT0001\.dcm: SliceThickness value 'thin' is not a number"),
+    ],
+)
+def test_non_numeric_geometry_names_file_and_tag(
+    tmp_path: Path, tag: int, vr: str, value: str, match: str
+) -> None:
+    _, paths = _series(tmp_path / "n", shape=(3, 6, 6))
+    _retag(paths[1], tag, vr, value)
+    with pytest.raises(qa_core.errors.DicomError, match=match) as info:
+        load_series(tmp_path / "n")
+    assert len(str(info.value).splitlines()) == 1  # one line, naming file and tag
+
+
+def test_file_count_limits_for_folders_zips_and_lists(tmp_path: Path) -> None:
+    settings = Settings(max_slices=1)  # scan limit: 4 x 1 + 1024 files
+    limit = 4 * settings.max_slices + 1024
+    crowded = tmp_path / "crowded"
+    crowded.mkdir()
+    for i in range(limit + 1):
+        (crowded / f"f{i:04d}.txt").write_bytes(b"x")
+    with pytest.raises(InputTooLargeError, match=rf"holds more than {limit} files.*CBCTQA_MAX_SLICES=1"):
+        load_series(crowded, settings=settings)
+    archive = tmp_path / "crowded.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for i in range(limit + 1):
+            zf.writestr(f"f{i:04d}.dcm", b"x")
+    with pytest.raises(InputTooLargeError, match=rf"crowded\.zip holds {limit + 1} files, more than the {limit}"):
+        load_series(archive, settings=settings)
+    listed = sorted(crowded.iterdir())
+    with pytest.raises(InputTooLargeError, match=r"file list of 1029 path\(s\) holds more than"):
+        load_series(listed, settings=settings)
+    # at the limit the files are scanned (and here refused for what they are, not their count)
+    (crowded / f"f{limit:04d}.txt").unlink()
+    with pytest.raises(NotDicomError):
+        load_series(crowded, settings=settings)
