@@ -1370,14 +1370,19 @@ def _row_from(obj: CohortRow | Mapping[str, Any], index: int) -> CohortRow:
         if raw is None or (key == "predicted" and raw == ""):
             vals[key] = None
             continue
+        if isinstance(raw, bool):  # float(True) is 1.0: a flag in a number column is a mistake
+            raise StatisticsError(f"{where}, column '{key}': expected a number, got {raw!r}")
         try:
             vals[key] = float(raw)
         except (TypeError, ValueError) as exc:
             raise StatisticsError(f"{where}, column '{key}': expected a number, got {raw!r}") from exc
     if vals["ae"] is None or vals["consensus"] is None:
         raise StatisticsError(f"{where}: 'ae' and 'consensus' must have values")
+    session = obj["session"]
+    if session is None or not str(session).strip():
+        raise StatisticsError(f"{where}: empty session identifier")
     return CohortRow(
-        session=str(obj["session"]),
+        session=str(session),
         category=str(obj["category"]),
         ae=vals["ae"],
         consensus=vals["consensus"],

@@ -7,6 +7,7 @@ import math
 import time
 import warnings
 from dataclasses import FrozenInstanceError, replace
+from typing import Any
 
 import numpy as np
 import pytest
@@ -453,6 +454,46 @@ def test_analyze_table_accepts_mappings_and_names_bad_rows() -> None:
         analyze_table([dict(good[0], consensus=float("nan"))], n_resamples=99)
     with pytest.raises(StatisticsError, match=r"category 'parotid'.*at least 4"):
         analyze_table(good[:3], n_resamples=99)
+
+
+@pytest.mark.parametrize(
+    ("row", "match"),
+    [
+        (["S9", "parotid", 1.0, 2.0], r"^row 17: expected a CohortRow or a mapping; got list$"),
+        ("S9,parotid,1,2", r"^row 17: expected a CohortRow or a mapping; got str$"),
+        (None, r"^row 17: expected a CohortRow or a mapping; got NoneType$"),
+        ({"session": "S9", "ae": 1.0}, r"^row 17: missing field\(s\) \['category', 'consensus'\]"),
+        ({"session": "S9", "category": "parotid", "ae": None, "consensus": 2.0},
+         r"^row 17: 'ae' and 'consensus' must have values$"),
+        ({"session": None, "category": "parotid", "ae": 1.0, "consensus": 2.0},
+         r"^row 17: empty session identifier$"),
+        ({"session": "  ", "category": "parotid", "ae": 1.0, "consensus": 2.0, "origin": "r.csv line 9"},
+         r"^r\.csv line 9: empty session identifier$"),
+        ({"session": "S9", "category": None, "ae": 1.0, "consensus": 2.0}, r"unknown category 'None'"),
+        ({"session": "S9", "category": "Parotid", "ae": 1.0, "consensus": 2.0},
+         r"unknown category 'Parotid'; expected one of parotid, "),
+        ({"session": "S9", "category": "parotid", "ae": True, "consensus": 2.0},
+         r"^row 17, column 'ae': expected a number, got True$"),
+        ({"session": "S9", "category": "parotid", "ae": [1.0], "consensus": 2.0},
+         r"^row 17, column 'ae': expected a number, got \[1\.0\]$"),
+        ({"session": "S9", "category": "parotid", "ae": "", "consensus": 2.0},
+         r"^row 17, column 'ae': expected a number, got ''$"),
+        ({"session": "S9", "category": "parotid", "ae": "1e400", "consensus": 2.0},
+         r"^row 17, column 'ae': value inf is not finite$"),
+        ({"session": "S9", "category": "parotid", "ae": 1.0, "consensus": 2.0, "predicted": "x"},
+         r"^row 17, column 'predicted': expected a number, got 'x'$"),
+        ({"session": "S9", "category": "parotid", "ae": 1.0, "consensus": 9.0},
+         r"consensus must lie in \[1, 5\].*\['S9'\]"),
+    ],
+)
+def test_analyze_table_refuses_malformed_rows(row: Any, match: str) -> None:
+    """A malformed row fails the whole analysis with one line naming the row and the fix."""
+    good = [dict(session=r.session, category=r.category, ae=r.ae, consensus=r.consensus)
+            for r in _rows()[:16]]  # fmt: skip
+    with pytest.raises(StatisticsError, match=match) as info:
+        analyze_table([*good, row], n_resamples=99)
+    assert len(str(info.value).splitlines()) == 1
+    assert analyze_table(good, n_resamples=99)["parotid"].n == 16  # the good rows alone analyse
 
 
 def test_analyze_table_skip_small() -> None:
