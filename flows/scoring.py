@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -36,6 +37,8 @@ if TYPE_CHECKING:
 
     from qa_core.attribution import AttributionResult
     from qa_core.image_checks import ImageCheckReport
+    from qa_core.localisation import LocalisationReport
+    from qa_core.rtstruct import OrganMasks
     from qa_core.statistics import CohortAnalysis
     from qa_core.volume import Volume
     from xnat_plugin.gateway import (
@@ -57,6 +60,7 @@ __all__ = [
     "score_scan",
     "score_session",
     "score_sessions",
+    "session_localisation",
     "write_outlier_flags",
     "write_products",
 ]
@@ -66,6 +70,11 @@ logger = logging.getLogger(__name__)
 #: Prefix of the outlier reasons written at scoring time by the image checks (kept by
 #: :func:`write_outlier_flags`, which rewrites the cohort's statistical flags).
 IMAGE_CHECK_PREFIX = "image check:"
+
+#: Prefix of the outlier reasons written at scoring time when a category's map falls mostly
+#: outside its contoured organ (:func:`qa_core.localisation.localisation_flags`); kept by
+#: :func:`write_outlier_flags` like the image checks.
+LOCALISATION_PREFIX = "localisation:"
 
 #: Resource labels of an assessment's products.
 OVERLAYS, AE_SLICES, MAPS = "OVERLAYS", "AE_SLICES", "MAPS"
@@ -140,7 +149,12 @@ def model_version(model: nn.Module) -> str:
 
 
 def write_products(
-    volume: Volume, result: AttributionResult, out_dir: Path, *, top_k: int = 3
+    volume: Volume,
+    result: AttributionResult,
+    out_dir: Path,
+    *,
+    top_k: int = 3,
+    organs: OrganMasks | None = None,
 ) -> dict[str, list[Path]]:
     """Write an assessment's products into ``out_dir`` and return them by resource label.
 
@@ -148,12 +162,23 @@ def write_products(
     ``slice_ae.csv`` with one row per slice (index 0 most inferior, its z in mm from the
     first slice, then per category the predicted score and the slice's AE). ``MAPS``:
     ``cams.npz`` with the raw maps ``cams`` (K, N, h, w) float32, ``categories``, ``method``
-    and ``target_layer`` (compressed).
+    and ``target_layer`` (compressed). With ``organs`` (the session's RTSTRUCT masks), the
+    overlays draw each category's contoured organ when :func:`qa_core.overlays.write_overlays`
+    accepts contours.
     """
+    import inspect
+
     from qa_core.overlays import write_overlays
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    overlays = write_overlays(volume, result, out_dir / "overlays", top_k=top_k)
+    extra: dict[str, Any] = {}
+    if organs is not None:
+        accepted = inspect.signature(write_overlays).parameters
+        for name in ("contours", "masks", "regions"):
+            if name in accepted:
+                extra[name] = dict(organs.masks)
+                break
+    overlays = write_overlays(volume, result, out_dir / "overlays", top_k=top_k, **extra)
     cats = result.categories
     csv_path = out_dir / "slice_ae.csv"
     with csv_path.open("w", newline="", encoding="utf-8") as fh:
@@ -187,13 +212,17 @@ def assessment_record(
     model: nn.Module,
     duration_s: float,
     image_checks: ImageCheckReport | None = None,
+    localisation: LocalisationReport | None = None,
 ) -> AssessmentRecord:
     """The ``complete`` assessment record of one scored scan.
 
     Cohort outlier flags are not known yet (``None``), except that a failed image check
     (:func:`qa_core.image_checks.check_image`: orientation, field of view, HU calibration,
     body part, metal, motion) flags every category with its plain reason, prefixed
-    ``image check:`` (:data:`IMAGE_CHECK_PREFIX`).
+    ``image check:`` (:data:`IMAGE_CHECK_PREFIX`). With ``localisation`` (the session's
+    RTSTRUCT), each category carries ``ae_in_region``, ``region_share`` and
+    ``pointing_hit_rate``, and a category whose map falls mostly outside its organ is flagged
+    with that reason, prefixed ``localisation:`` (:data:`LOCALISATION_PREFIX`).
     """
     from xnat_plugin.gateway import AssessmentRecord, CategoryAssessment
 
@@ -203,6 +232,21 @@ def assessment_record(
         if image_checks is not None
         else ""
     )
+    loc_reason: dict[str, str] = {}
+    if localisation is not None:
+        from qa_core.localisation import localisation_flags
+
+        loc_reason = {
+            f.category: f"{LOCALISATION_PREFIX} {f.reason}" for f in localisation_flags(localisation)
+        }
+
+    def reason(c: str) -> str:
+        return "; ".join(r for r in (image_reason, loc_reason.get(c, "")) if r)[:1000]
+
+    def loc(c: str, name: str) -> float:
+        cl = localisation.categories.get(c) if localisation is not None else None
+        return math.nan if cl is None else float(getattr(cl, name))
+
     return AssessmentRecord(
         status="complete",
         scan_id=scan_id,
@@ -221,8 +265,11 @@ def assessment_record(
                 score=float(result.scores[c]),
                 ae=float(result.ae[c]),
                 ae_per_voxel=float(result.ae_per_voxel[c]),
-                outlier=True if image_reason else None,
-                outlier_reason=image_reason,
+                outlier=True if reason(c) else None,
+                outlier_reason=reason(c),
+                ae_in_region=loc(c, "ae_in_region"),
+                region_share=loc(c, "region_share"),
+                pointing_hit_rate=loc(c, "pointing_hit_rate"),
             )
             for c in result.categories
         },
@@ -238,6 +285,47 @@ def image_checks_of(volume: Volume, session_label: str = "") -> ImageCheckReport
     except CbctQaError as exc:
         logger.warning("session %s: image checks not run: %s", session_label, redact(str(exc)))
         return None
+
+
+def session_localisation(
+    gw: XnatGateway,
+    session: SessionRef,
+    volume: Volume,
+    result: AttributionResult,
+    dest_dir: Path,
+) -> tuple[LocalisationReport | None, OrganMasks | None]:
+    """Localise the maps in the organs of the session's RTSTRUCT that references ``volume``.
+
+    RTSTRUCT scans (modality ``RTSTRUCT``) of the session are downloaded in turn into
+    ``dest_dir`` until one references the scored series; ``(None, None)`` when none does. A
+    structure set that cannot be used (another frame of reference, no TG-263 organ, open
+    contours, ...) is logged with its reason and skipped: the scores stand without it.
+    """
+    from qa_core.localisation import localise_rtstruct
+    from qa_core.rtstruct import find_rtstructs
+
+    candidates = [
+        s
+        for s in gw.list_scans(session)
+        if s.modality.upper() == "RTSTRUCT"
+        or (not s.modality and "RTSTRUCT" in f"{s.type} {s.series_description}".upper())
+    ]
+    for scan in candidates:
+        try:
+            folder = gw.download_scan(session, scan.scan_id, dest_dir=dest_dir)
+            for info in find_rtstructs(folder, series_uid=volume.series_uid):
+                report, organs = localise_rtstruct(result, volume, info.path)
+                logger.info(
+                    "session %s: localised in RTSTRUCT scan %s (%s)",
+                    session.label, scan.scan_id, ", ".join(report.categories),
+                )  # fmt: skip
+                return report, organs
+        except CbctQaError as exc:
+            logger.warning(
+                "session %s: RTSTRUCT scan %s not used: %s",
+                session.label, scan.scan_id, redact(str(exc)),
+            )  # fmt: skip
+    return None, None
 
 
 def score_scan(
@@ -273,12 +361,15 @@ def score_scan(
     result = attribute_volume(model, volume, method=method, batch_size=batch_size)
     t3 = time.perf_counter()
     times["attribute"] = t3 - t2
-    products = write_products(volume, result, session_dir / "products", top_k=top_k)
+    localisation, organs = session_localisation(gw, session, volume, result, session_dir / "rtstruct")
+    t3b = time.perf_counter()
+    times["localise"] = t3b - t3
+    products = write_products(volume, result, session_dir / "products", top_k=top_k, organs=organs)
     t4 = time.perf_counter()
-    times["products"] = t4 - t3
+    times["products"] = t4 - t3b
     record = assessment_record(
         result, volume, scan_id=scan_id, model=model, duration_s=time.perf_counter() - t0,
-        image_checks=image_checks_of(volume, session.label),
+        image_checks=image_checks_of(volume, session.label), localisation=localisation,
     )  # fmt: skip
     assessor = gw.write_assessment(session, record, resources=products)
     times["upload"] = time.perf_counter() - t4
@@ -504,7 +595,8 @@ def write_outlier_flags(
     The flags are the default alerts of :func:`qa_core.outliers.alerts_from_analysis` (the
     DESIGN's residual flags after a Holm step across the session's categories, influence,
     and attribution atypical for the prediction); reasons written at scoring time by the
-    image checks (prefix :data:`IMAGE_CHECK_PREFIX`) are kept. Only assessments whose flags
+    image checks (prefix :data:`IMAGE_CHECK_PREFIX`) and by the localisation rule (prefix
+    :data:`LOCALISATION_PREFIX`) are kept. Only assessments whose flags
     change are rewritten (idempotent: a second call writes nothing). Returns the number of
     assessments updated.
     """
@@ -527,7 +619,11 @@ def write_outlier_flags(
         for cat, res in rec.categories.items():
             if cat not in analysed:
                 continue
-            kept = [r for r in res.outlier_reason.split("; ") if r.startswith(IMAGE_CHECK_PREFIX)]
+            kept = [
+                r
+                for r in res.outlier_reason.split("; ")
+                if r.startswith((IMAGE_CHECK_PREFIX, LOCALISATION_PREFIX))
+            ]
             reasons = kept + flags.get((a.session_label, cat), [])
             reason = "; ".join(reasons)[:1000]
             cats[cat] = replace(res, outlier=bool(reasons), outlier_reason=reason)

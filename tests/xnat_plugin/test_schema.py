@@ -79,6 +79,9 @@ for _c in CATEGORIES:
         f"{_c}_score": "float",
         f"{_c}_ae": "float",
         f"{_c}_ae_per_voxel": "float",
+        f"{_c}_ae_in_region": "float",  # localisation in the contoured organ (RTSTRUCT)
+        f"{_c}_region_share": "float",
+        f"{_c}_pointing_hit_rate": "float",
         f"{_c}_outlier": "boolean",
         f"{_c}_outlier_reason": "string",
     }

@@ -187,6 +187,8 @@ class ScanRef:
         SeriesInstanceUID, or ``""``.
     type, series_description:
         Scan type and series description as XNAT shows them.
+    modality:
+        The scan's DICOM Modality (``CT``, ``RTSTRUCT``, ...), or ``""`` when not listed.
     """
 
     session: SessionRef
@@ -196,6 +198,7 @@ class ScanRef:
     series_uid: str = ""
     type: str = ""
     series_description: str = ""
+    modality: str = ""
 
 
 @dataclass(frozen=True)
@@ -216,6 +219,13 @@ class CategoryAssessment:
         (yet) evaluated.
     outlier_reason:
         Why it was flagged (at most 1000 characters), else ``""``.
+    ae_in_region:
+        Share (0-1) of the raw map's energy inside the category's contoured organ
+        (``qa_core.localisation``); ``NaN`` when the session has no RTSTRUCT.
+    region_share:
+        Chance level of ``ae_in_region``: the organ's share of the body (0-1); ``NaN`` if unknown.
+    pointing_hit_rate:
+        Share (0-1) of the organ's slices whose map maximum lies in the organ; ``NaN`` if unknown.
     """
 
     score: float
@@ -223,9 +233,12 @@ class CategoryAssessment:
     ae_per_voxel: float
     outlier: bool | None = None
     outlier_reason: str = ""
+    ae_in_region: float = math.nan
+    region_share: float = math.nan
+    pointing_hit_rate: float = math.nan
 
     def __post_init__(self) -> None:
-        for name in ("score", "ae", "ae_per_voxel"):
+        for name in ("score", "ae", "ae_per_voxel", "ae_in_region", "region_share", "pointing_hit_rate"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise XnatValidationError(
@@ -241,6 +254,19 @@ class CategoryAssessment:
                 f"CategoryAssessment.outlier_reason has {len(self.outlier_reason)} characters; "
                 f"the schema allows at most {_OUTLIER_REASON_MAX}"
             )
+
+
+#: Per-category fields of ``cbctqa:qaAssessmentData``, in schema order.
+_PER_CATEGORY_FIELDS: Final[tuple[str, ...]] = (
+    "score",
+    "ae",
+    "ae_per_voxel",
+    "ae_in_region",
+    "region_share",
+    "pointing_hit_rate",
+    "outlier",
+    "outlier_reason",
+)
 
 
 def _float_field(value: float | None) -> str:
@@ -397,6 +423,8 @@ class AssessmentRecord:
             out[f"{cat}_score"] = _float_field(None if res is None else res.score)
             out[f"{cat}_ae"] = _float_field(None if res is None else res.ae)
             out[f"{cat}_ae_per_voxel"] = _float_field(None if res is None else res.ae_per_voxel)
+            for loc in ("ae_in_region", "region_share", "pointing_hit_rate"):
+                out[f"{cat}_{loc}"] = _float_field(None if res is None else getattr(res, loc))
             out[f"{cat}_outlier"] = (
                 NULL if res is None or res.outlier is None else ("true" if res.outlier else "false")
             )
@@ -414,7 +442,7 @@ class AssessmentRecord:
         per_cat = tuple(
             f"{c}_{s}"
             for c in CATEGORIES
-            for s in ("score", "ae", "ae_per_voxel", "outlier", "outlier_reason")
+            for s in _PER_CATEGORY_FIELDS
         )
         return fixed + per_cat
 
@@ -436,7 +464,7 @@ class AssessmentRecord:
 
         def num(name: str) -> float:
             raw = text(name)
-            if not raw:
+            if not raw or raw == NULL:  # absent, or a write-side "delete this field"
                 return math.nan
             try:
                 return float(raw)
@@ -470,6 +498,9 @@ class AssessmentRecord:
                 ae_per_voxel=num(f"{cat}_ae_per_voxel"),
                 outlier=boolean(f"{cat}_outlier"),
                 outlier_reason=text(f"{cat}_outlier_reason"),
+                ae_in_region=num(f"{cat}_ae_in_region"),
+                region_share=num(f"{cat}_region_share"),
+                pointing_hit_rate=num(f"{cat}_pointing_hit_rate"),
             )
         spacing_parts = [opt_num(f"spacing_{a}") for a in "zyx"]
         spacing = None

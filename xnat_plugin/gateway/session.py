@@ -801,6 +801,7 @@ class XnatGateway:
                         series_uid=str(fields.get("UID", "")),
                         type=str(fields.get("type", "")),
                         series_description=str(fields.get("series_description", "")),
+                        modality=str(fields.get("modality", "")),
                     )
                 )
         return scans
@@ -832,7 +833,12 @@ class XnatGateway:
                 f"{[s.scan_id for s in scans]}",
                 uri=session.uri,
             )
-        ct = [s for s in scans if s.xsi_type.lower() == "xnat:ctscandata"]
+        # never an RTSTRUCT, plan, dose, registration or segmentation filed under the session
+        ct = [
+            s
+            for s in scans
+            if s.xsi_type.lower() == "xnat:ctscandata" and s.modality.upper() not in _NOT_IMAGES
+        ]
         if not ct:
             raise XnatScanSelectionError(
                 f"session {session.label} ({session.session_id}) has no CT scan (xnat:ctScanData); scans: "
@@ -1431,6 +1437,12 @@ class XnatGateway:
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+#: DICOM modalities of non-image objects that may arrive as scans of an image session.
+_NOT_IMAGES: frozenset[str] = frozenset(
+    {"RTSTRUCT", "RTPLAN", "RTDOSE", "RTRECORD", "REG", "SEG", "SR", "PR", "KO"}
+)
 
 
 def _modality_xsi(modality: str) -> str:

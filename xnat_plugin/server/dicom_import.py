@@ -12,7 +12,10 @@ the files are grouped by SeriesInstanceUID into scans, as XNAT's archiver does:
   ``type`` and ``series_description`` = SeriesDescription, ``UID``, ``frames`` = number of files,
   ``modality``, voxel resolution from PixelSpacing/SliceThickness, ``parameters/kvp``.
 
-Files that are not DICOM are skipped and counted, like XNAT's ``Ignore-Unparsable``.
+Non-image objects of the same study (an RTSTRUCT of the organs at risk, for instance) become
+scans of their own (``xnat:otherDicomScanData`` with their ``modality``), as XNAT files them; the
+session's type and fields come from its first CT or MR file. Files that are not DICOM are
+skipped and counted, like XNAT's ``Ignore-Unparsable``.
 """
 
 from __future__ import annotations
@@ -129,7 +132,11 @@ def read_dicom_zip(source: IO[bytes], limits: ZipLimits) -> tuple[ImportedSessio
             if "SOPInstanceUID" not in ds and "SeriesInstanceUID" not in ds:
                 skipped += 1
                 continue
-            if first is None:
+            # the session describes the images: an RTSTRUCT (or other non-image object) met
+            # first must not make a CT session an "other DICOM" one
+            if first is None or (
+                _text(first, "Modality") not in _SESSION_TYPES and _text(ds, "Modality") in _SESSION_TYPES
+            ):
                 first = ds
             uid = _text(ds, "SeriesInstanceUID") or "unknown-series"
             if uid not in series:
