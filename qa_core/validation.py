@@ -28,6 +28,7 @@ from torch import nn
 
 from qa_core.categories import CATEGORIES
 from qa_core.errors import StatisticsError
+from qa_core.outliers import SessionAlert, session_alerts
 from qa_core.statistics import CohortAnalysis, analyze_table
 
 __all__ = [
@@ -179,6 +180,10 @@ class ValidationReport:
     localisation:
         Per category, how much of the maps lies on the contoured organ (sessions whose folder
         holds an RTSTRUCT referencing their series); empty without contours.
+    alerts:
+        The default alerts (:func:`qa_core.outliers.session_alerts`: image checks with the
+        RTSTRUCT's ``External`` as the left-right reference where there is one, attribution
+        atypical for the prediction, and the DESIGN's rules after a Holm step per session).
     """
 
     model: tuple[ModelAgreement, ...]
@@ -186,6 +191,7 @@ class ValidationReport:
     rows: tuple[dict[str, Any], ...]
     provenance: dict[str, Any] = field(default_factory=dict)
     localisation: tuple[LocalisationSummary, ...] = ()
+    alerts: tuple[SessionAlert, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready form: per category ``model`` agreement and ``ae`` analysis (NaN → None)."""
@@ -206,6 +212,7 @@ class ValidationReport:
             },
             "rows": list(self.rows),
             "provenance": self.provenance,
+            "alerts": [a.to_dict() for a in self.alerts],
         }
 
 
@@ -266,6 +273,7 @@ def validate_cohort(
     """
     from qa_core.attribution import attribute_volume
     from qa_core.dicom_series import load_series
+    from qa_core.image_checks import check_image
     from qa_core.localisation import localisation_flags, localise_rtstruct
     from qa_core.rtstruct import find_rtstructs
     from qa_core.settings import get_settings
@@ -284,20 +292,25 @@ def validate_cohort(
             "(the study used 16)"
         )
     rows: list[dict[str, Any]] = []
+    image_checks: dict[str, object] = {}
     for entry in entries:
         volume = load_series(entry.dicom_dir)
         result = attribute_volume(model, volume, method=method, batch_size=batch_size)
         loc = None
+        organ_masks = None
         if localisation or ae_definition == "organ":
             found = find_rtstructs(entry.dicom_dir.parent, series_uid=volume.series_uid)
             if found:
-                loc, _ = localise_rtstruct(result, volume, found[0].path)
+                loc, organ_masks = localise_rtstruct(result, volume, found[0].path)
             elif ae_definition == "organ":
                 raise StatisticsError(
                     f"session {entry.label}: no RTSTRUCT referencing series {volume.series_uid} in "
                     f"{entry.dicom_dir.parent}; ae_definition='organ' needs contours for every session"
                 )
         flagged = {f.category: f.reason for f in localisation_flags(loc, min_share=min_share)} if loc else {}
+        image_checks[entry.label] = check_image(
+            volume, reference_body=None if organ_masks is None else organ_masks.body
+        )
         for cat in CATEGORIES:
             row: dict[str, Any] = {
                 "session": entry.label,
@@ -337,6 +350,15 @@ def validate_cohort(
         for cat in CATEGORIES
     )
     analysis = analyze_table(rows, n_resamples=n_resamples, seed=seed)
+    labels = [e.label for e in entries]
+    by = {(r["session"], r["category"]): r for r in rows}
+    alerts = session_alerts(
+        labels,
+        {c: [by[(s, c)]["ae"] for s in labels] for c in CATEGORIES},
+        {c: [by[(s, c)]["predicted"] for s in labels] for c in CATEGORIES},
+        consensus={c: [by[(s, c)]["consensus"] for s in labels] for c in CATEGORIES},
+        image_checks=image_checks,
+    )
     card: dict[str, Any] = getattr(model, "card", None) or {}
     provenance = {
         "cohort": str(cohort_dir),
@@ -352,5 +374,5 @@ def validate_cohort(
         "seconds": round(time.perf_counter() - t0, 3),
     }
     return ValidationReport(
-        agreement, analysis, tuple(rows), provenance, summarise_localisation(rows, min_share)
+        agreement, analysis, tuple(rows), provenance, summarise_localisation(rows, min_share), alerts
     )

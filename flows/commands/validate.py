@@ -14,8 +14,12 @@ import json
 import math
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 __all__ = ["register", "run"]
+
+if TYPE_CHECKING:
+    from qa_core.validation import ValidationReport
 
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -88,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     if args.ae != "study":
         print(f"AE definition: {args.ae} (sum of the raw map times its coverage by the organ)")
     print(format_report(report.analysis))
+    _print_alerts(report)
     if report.localisation:
         print()
         print(
@@ -117,3 +122,17 @@ def run(args: argparse.Namespace) -> int:
         )
         print(f"\nreport: {args.json}")
     return 0
+
+
+def _print_alerts(report: ValidationReport) -> None:
+    """The default alerts (what the product writes onto assessments), one line each."""
+    sessions = list(dict.fromkeys(a.session for a in report.alerts))
+    n = report.provenance.get("n_sessions", "?")
+    print()
+    print(
+        f"Alerts (default rules: image checks, attribution vs prediction, the outliers above after a "
+        f"Holm step per session): {len(sessions)} of {n} sessions"
+        + ("" if sessions else ", none")
+    )
+    for a in report.alerts:
+        print(f"  {a.session:<16} {a.rule:<26} {a.reason}")
