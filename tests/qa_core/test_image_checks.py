@@ -133,7 +133,7 @@ def test_metal_volume() -> None:
     assert few.value == pytest.approx(float(filling.sum()) * PX**2 * DZ / 1000, rel=1e-6)
     assert not few.flagged
     many = hu.copy()
-    many[4:10, filling] = 3071.0  # 6 slices x 1 cm3
+    many[1:11, filling] = 3071.0  # 10 slices x 1 cm3
     heavy = check_metal(measure_image(_vol(many)))
     assert heavy.flagged and "cm³ of metal" in heavy.reason
 
