@@ -45,6 +45,7 @@ import tempfile
 import threading
 import time
 import zipfile
+import zlib
 from collections.abc import Callable, Container, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -1523,7 +1524,15 @@ def _extract_flat(zip_path: Path, out: Path, *, what: str) -> int:
                     shutil.copyfileobj(src, dst, 1 << 20)
                 count += 1
             return count
-    except (zipfile.BadZipFile, zipfile.LargeZipFile) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError) as exc:
+        # a broken deflate stream raises zlib.error, a cut one EOFError: both mean a bad zip
+        with open(zip_path, "rb") as fh:
+            head = fh.read(512).lstrip().lower()
+        if head.startswith((b"<!doctype", b"<html")):  # e.g. a single-sign-on login page
+            raise XnatResponseFormatError(
+                f"{what}: XNAT answered with an HTML page instead of a zip; check the host URL "
+                "(XNAT's REST root, not a login portal in front of it)"
+            ) from exc
         raise XnatResponseFormatError(
             f"{what}: XNAT's download is not a valid zip ({exc})"
         ) from exc

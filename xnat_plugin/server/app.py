@@ -31,7 +31,7 @@ from qa_core.logs import redact
 from .auth import FailedLogins, SessionTable, hash_password
 from .config import AppConfig
 from .dicom_import import DicomImportError
-from .faults import FaultDecision, FaultInjector
+from .faults import FaultDecision, FaultInjector, damage, duplicate_created, scripted_answer
 from .httpd import XnatHTTPServer
 from .resources import UnsafePathError
 from .routes.dicom import ImportRoutes
@@ -137,8 +137,16 @@ class XnatApp(UserRoutes, SearchRoutes, ImportRoutes, FileRoutes, ListingRoutes,
             return Response(drop=True)
         if decision is FaultDecision.ERROR:
             return Response.text("Service temporarily unavailable (injected fault)", 503)
+        scripted = self.faults.scripted(req.method, req.path)
+        if scripted is not None and scripted.status is not None:
+            return scripted_answer(scripted)
         try:
-            return self._dispatch(req)
+            response = self._dispatch(req)
+            if scripted is not None and scripted.corrupt is not None:
+                response = damage(scripted, response)
+            elif scripted is not None and scripted.duplicate:
+                duplicate_created(self, response)
+            return response
         except HttpError as exc:
             resp = Response.text(exc.message, exc.status)
             if exc.status == 401:
