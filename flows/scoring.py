@@ -174,10 +174,11 @@ def write_products(
     extra: dict[str, Any] = {}
     if organs is not None:
         accepted = inspect.signature(write_overlays).parameters
-        for name in ("contours", "masks", "regions"):
-            if name in accepted:
-                extra[name] = dict(organs.masks)
-                break
+        if "contours" in accepted:  # each category's organ over its maps (overall: the body)
+            extra["contours"] = {
+                **organs.masks,
+                **({"overall": organs.body} if organs.body is not None else {}),
+            }
     overlays = write_overlays(volume, result, out_dir / "overlays", top_k=top_k, **extra)
     cats = result.categories
     csv_path = out_dir / "slice_ae.csv"

@@ -152,9 +152,20 @@ def report(
         loc_flags = localisation_flags(localisation)
     written: list[str] = []
     if overlays is not None:
+        import inspect
+
         from qa_core.overlays import write_overlays
 
-        written = [str(p) for p in write_overlays(volume, result, overlays, top_k=top_k)]
+        extra: dict[str, Any] = {}
+        if localisation is not None and "contours" in inspect.signature(write_overlays).parameters:
+            # each category's contoured organ drawn over its maps (overall: the body)
+            extra["contours"] = {
+                **organ_masks.masks,
+                **({"overall": organ_masks.body} if organ_masks.body is not None else {}),
+            }
+        written = [
+            str(p) for p in write_overlays(volume, result, overlays, top_k=top_k, **extra)
+        ]
 
     doc = result.to_dict()
     attribution_prov = doc.pop("provenance")
