@@ -56,11 +56,14 @@ class DemoAccounts:
     admin_user: str
     admin_password: str
     radiologists: dict[str, str]  # username -> password
+    service_user: str = "cbctqa_service"
+    service_password: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
             "admin": {"user": self.admin_user, "password": self.admin_password},
             "radiologists": dict(self.radiologists),
+            "service": {"user": self.service_user, "password": self.service_password},
         }
 
 
@@ -78,19 +81,24 @@ def load_or_make_credentials(path: Path, admin_user: str = "admin") -> DemoAccou
             admin_user=doc["admin"]["user"],
             admin_password=doc["admin"]["password"],
             radiologists=dict(doc["radiologists"]),
+            service_user=doc["service"]["user"],
+            service_password=doc["service"]["password"],
         )
     path.parent.mkdir(parents=True, exist_ok=True)
     accounts = DemoAccounts(
         admin_user=admin_user,
         admin_password=secrets.token_urlsafe(15),
         radiologists={name: secrets.token_urlsafe(12) for name in RADIOLOGISTS},
+        service_password=secrets.token_urlsafe(15),
     )
     _write_private(path, json.dumps(accounts.to_json(), indent=2, sort_keys=True) + "\n")
     return accounts
 
 
-def ensure_demo_accounts(gw: XnatGateway, project: str, accounts: DemoAccounts) -> None:
-    """Create the project and the radiologist accounts (Members of it) unless they exist.
+def ensure_demo_accounts(
+    gw: XnatGateway, project: str, accounts: DemoAccounts, *, role: str = "Members"
+) -> None:
+    """Create the project and the radiologist accounts (``role`` of it) unless they exist.
 
     ``gw`` must be logged in as the admin. Idempotent: existing users and memberships are kept.
     """
@@ -112,7 +120,7 @@ def ensure_demo_accounts(gw: XnatGateway, project: str, accounts: DemoAccounts) 
                 },
                 accepted_status=[200, 201],
             )
-        gw.xnat.put(f"/data/projects/{project}/users/Members/{user}", accepted_status=[200, 201])
+        gw.xnat.put(f"/data/projects/{project}/users/{role}/{user}", accepted_status=[200, 201])
 
 
 def zip_folder(folder: Path) -> bytes:
@@ -168,7 +176,8 @@ class ArrivalFeed:
         ``notify(session_ref)`` called after each import (posts the Prefect event); ``None``
         to rely on polling alone. Its failure is logged and never stops the feed.
     on_arrival:
-        Optional progress callback ``(session_ref, rated)``.
+        Optional progress callback ``(session_ref, rated)``, called for each session sent
+        (not for those already in XNAT).
     """
 
     def __init__(
@@ -252,11 +261,10 @@ class ArrivalFeed:
                             self._notify(ref)
                         except Exception as exc:  # push is the fast path; polling is the net
                             logger.warning("event for %s not posted: %s", ref.label, exc)
-                rated = session.label in self._rated
-                if rated:
+                    if self._on_arrival is not None:
+                        self._on_arrival(ref, session.label in self._rated)
+                if session.label in self._rated:
                     self._enter_ratings(ref, session, raters)
-                if self._on_arrival is not None:
-                    self._on_arrival(ref, rated)
 
     def _rater_map(self) -> dict[str, str]:
         """Simulated panel rater (R1, R2, …) -> radiologist account, in order."""

@@ -1,216 +1,243 @@
-"""``cbctqa demo``: the product's main job end to end on simulated data.
+"""``cbctqa demo``: the product running as a service on a simulated hospital.
 
-1. **Cohort**: simulate a small head-and-neck CBCT cohort with known truth and a rater panel.
-2. **XNAT**: start the local XNAT-compatible server (in this process, loopback, data under
-   ``OUT/xnat``), create a project, import every session's DICOM as a scanner would
-   (``POST /data/services/import``) and enter the simulated radiologists' ratings as
-   ``cbctqa:ratingData`` assessors.
-3. **Scoring**: discover the sessions that need scoring, and for each one download its
-   CBCT scan, predict the five Likert scores, attribute them with Grad-CAM, and write the
-   ``cbctqa:qaAssessmentData`` with its overlays, slice-level AE and raw maps back into XNAT.
-4. **Monitoring**: read all assessments and ratings back in bulk, analyse AE against the
-   consensus (the study's statistics and better ones), write outlier flags onto the
-   assessments, and print the table.
+1. Starts the local XNAT-compatible server (data under ``OUT/xnat``) with a project, an admin,
+   a service account and three radiologists, each with a generated password
+   (``OUT/credentials.json``, mode 600; printed once for you to sign in with).
+2. Simulates a head-and-neck CBCT cohort (default 24 sessions × 48 slices × 256², with known
+   truth and a rater panel) and sends the sessions into XNAT one by one through the DICOM
+   import endpoint, as a scanner would, posting ``xnat.session.archived`` to Prefect for each
+   as XNAT's automation script does.
+3. The radiologists' ratings arrive as ``cbctqa:ratingData`` for the first ``--rated``
+   sessions, each under its own radiologist's account.
+4. Runs ``cbctqa serve`` for the project: every session is scored as it arrives (push, with
+   polling as the net), the cohort monitor runs and raises alerts.
+5. Starts the dashboard and prints its URL, the XNAT URL and the Prefect UI URL.
 
-Everything is written under ``--out`` (``summary.json`` is the machine-readable result).
-Browse the result afterwards with
-``cbctqa xnat-server --data-dir OUT/xnat --admin-user admin --admin-password <in OUT/xnat/ADMIN_PASSWORD>``.
+Ctrl-C stops everything it started. A second run over the same ``--out`` resumes on the same
+data. ``--until-done`` runs the same without the dashboard, waits until every session is
+scored and the cohort report covers them all, prints a summary (sessions scored and failed,
+the study-style table for the rated sessions, alerts raised, where the report is) and exits
+(0 when no session failed).
 """
 
 from __future__ import annotations
 
 import argparse
-import io
 import json
+import logging
 import os
-import secrets
+import signal
 import sys
+import threading
 import time
-import zipfile
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from flows.commands.synth import add_cohort_arguments, generate_and_summarise
+from flows.live_demo import DEMO_PROJECT
 
 if TYPE_CHECKING:
-    from qa_core.synth import Cohort
-    from xnat_plugin.gateway import SessionRef, XnatGateway
+    from flows.live_demo import DemoProgress, LiveDemo
 
-__all__ = ["register", "run", "run_cohort_step", "run_xnat_steps"]
-
-DEMO_PROJECT = "CBCTQA_DEMO"
-
+__all__ = ["DEMO_PROJECT", "register", "run"]
 
 def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p = sub.add_parser(
         "demo",
-        help="run the main job end to end on a simulated cohort and a local XNAT",
+        help="the product running live on a simulated cohort: XNAT, Prefect, scoring, dashboard",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_cohort_arguments(p, sessions=16, slices=48, size=256, out="demo-output")
-    p.add_argument(
-        "--cohort-only", action="store_true", help="only simulate the cohort and summarise it"
-    )
-    p.add_argument("--method", default="gradcam", help="CAM method (default gradcam)")
-    p.add_argument("--n-resamples", type=int, default=2000, help="permutations/bootstrap resamples")
+    add_cohort_arguments(p, sessions=24, slices=48, size=256, out="demo-output")
+    p.add_argument("--until-done", action="store_true",
+                   help="no dashboard; exit with a summary once every session is scored")
+    p.add_argument("--cohort-only", action="store_true",
+                   help="only simulate the cohort and summarise it")
+    p.add_argument("--rated", type=int, default=16, metavar="N",
+                   help="sessions the radiologists rate (the first N; default 16)")
+    p.add_argument("--arrival-interval", type=float, default=None, metavar="S",
+                   help="seconds between two arriving sessions (default: about a minute in all)")
+    p.add_argument("--poll-interval", type=float, default=30.0, metavar="S",
+                   help="the service's discovery interval, the net under push (default 30)")
+    p.add_argument("--dashboard-port", type=int, default=8501, metavar="N",
+                   help="dashboard port on 127.0.0.1 (default 8501)")
+    p.add_argument("--prefect-port", type=int, default=None, metavar="N",
+                   help="local Prefect server port (default CBCTQA_PREFECT_PORT = 4200)")
+    p.add_argument("--timeout", type=float, default=1800.0, metavar="S",
+                   help="--until-done gives up after S seconds (default 1800)")
+    p.add_argument("--n-resamples", type=int, default=2000,
+                   help="permutations/bootstrap resamples of the summary table (default 2000)")
     p.set_defaults(handler=run)
 
 
-def run_cohort_step(args: argparse.Namespace) -> Cohort:
-    """Generate (or resume) the demo cohort under ``args.out / "cohort"`` and print its summary.
+def _check(args: argparse.Namespace) -> None:
+    from qa_core.errors import ConfigurationError
 
-    Returns
-    -------
-    qa_core.synth.Cohort
-        The cohort, for the steps that follow.
-    """
-    return generate_and_summarise(args, args.out / "cohort")
-
-
-def _admin_password(xnat_dir: Path) -> str:
-    """The demo server's admin password: kept in ``ADMIN_PASSWORD`` (mode 600), never printed."""
-    xnat_dir.mkdir(parents=True, exist_ok=True)
-    path = xnat_dir / "ADMIN_PASSWORD"
-    if path.is_file():
-        return path.read_text(encoding="utf-8").strip()
-    password = secrets.token_urlsafe(18)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(password + "\n")
-    return password
+    if args.n_resamples < 100:
+        raise ConfigurationError(f"--n-resamples must be >= 100; got {args.n_resamples}")
+    if args.rated < 0:
+        raise ConfigurationError(f"--rated must be >= 0; got {args.rated}")
+    if args.arrival_interval is not None and args.arrival_interval < 0:
+        raise ConfigurationError(f"--arrival-interval must be >= 0; got {args.arrival_interval}")
+    if args.poll_interval <= 0:
+        raise ConfigurationError(f"--poll-interval must be > 0; got {args.poll_interval}")
 
 
-def _zip_folder(folder: Path) -> bytes:
-    buf = io.BytesIO()
-    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zf:
-        for f in sorted(folder.rglob("*")):
-            if f.is_file():
-                zf.write(f, f.relative_to(folder).as_posix())
-    return buf.getvalue()
+def _print_access(demo: LiveDemo, dashboard: bool) -> None:
+    assert demo.xnat is not None and demo.service is not None
+    acc = demo.accounts
+    ui = demo.service.api_url.removesuffix("/api")
+    lines = [
+        "",
+        "CBCT QA monitor demo is running",
+        f"  XNAT        {demo.xnat.url}   (project {DEMO_PROJECT})",
+        f"  Prefect UI  {ui}   (API {demo.service.api_url})",
+    ]
+    if dashboard:
+        lines.append(f"  dashboard   http://127.0.0.1:{demo.dashboard_port}")
+    lines += [
+        "  demo accounts (generated for this demo folder; also in "
+        f"{demo.out / 'credentials.json'}):",
+        f"    admin          {acc.admin_user} / {acc.admin_password}",
+    ]
+    for user, password in acc.radiologists.items():
+        lines.append(f"    radiologist    {user} / {password}")
+    lines.append("  Ctrl-C stops everything.\n")
+    print("\n".join(lines), flush=True)
 
 
-def _import_sessions(gw: XnatGateway, cohort: Cohort) -> dict[str, SessionRef]:
-    """Send each simulated session to XNAT as a scanner would (skipping ones already there)."""
-    existing = {ref.label: ref for ref in gw.list_sessions(DEMO_PROJECT)}
-    for s in cohort.sessions:
-        if s.label in existing:
-            continue
-        gw.xnat.post(
-            "/data/services/import",
-            data=_zip_folder(s.dicom_dir),
-            query={
-                "import-handler": "DICOM-zip",
-                "PROJECT_ID": DEMO_PROJECT,
-                "SUBJECT_ID": s.subject,
-                "EXPT_LABEL": s.label,
-                "overwrite": "append",
-            },
-            headers={"Content-Type": "application/zip"},
-        )
-    return {ref.label: ref for ref in gw.list_sessions(DEMO_PROJECT)}
-
-
-def run_xnat_steps(args: argparse.Namespace, cohort: Cohort) -> dict[str, Any]:
-    """Steps 2–4 against a local XNAT in this process; returns the summary written to disk."""
+def _summary(demo: LiveDemo, version: str, progress: DemoProgress, n_resamples: int,
+             seed: int) -> dict[str, Any]:  # fmt: skip
+    """Print and return the end-of-run summary, read back from XNAT."""
     from flows.commands.analyze import format_report
-    from flows.scoring import analyze_project, model_version, score_sessions, write_outlier_flags
-    from qa_core.errors import StatisticsError
-    from qa_core.model import load_model
-    from xnat_plugin.gateway import XnatGateway
-    from xnat_plugin.server import ServerConfig, run_in_thread
+    from flows.monitor import REPORT_RESOURCE
+    from flows.scoring import analyze_project
+    from qa_core.errors import CbctQaError
 
-    xnat_dir = args.out / "xnat"
-    password = _admin_password(xnat_dir)
-    config = ServerConfig(data_dir=xnat_dir, admin_user="admin", admin_password=password)
-    model = load_model()
-    version = model_version(model)
-    with (
-        run_in_thread(config) as server,
-        XnatGateway.connect(server.url, "admin", password, project=DEMO_PROJECT) as gw,
-    ):
-        print(f"\nlocal XNAT at {server.url} (data in {xnat_dir})")
-        gw.xnat.put(f"/data/projects/{DEMO_PROJECT}", accepted_status=[200, 201])
-        t0 = time.perf_counter()
-        sessions = _import_sessions(gw, cohort)
-        print(
-            f"imported {len(sessions)} sessions into project {DEMO_PROJECT} "
-            f"({time.perf_counter() - t0:.1f} s)"
-        )
-        n_ratings = 0
-        for s in cohort.sessions:
-            for rater, scores in s.ratings.items():
-                gw.write_rating(sessions[s.label], rater, scores, on_behalf_of=True)
-                n_ratings += 1
-        print(f"entered {n_ratings} radiologist ratings ({len(cohort.raters)} raters)")
-
-        todo = gw.find_sessions_to_score(DEMO_PROJECT, model_version=version)
-        print(f"\nscoring {len(todo)} session(s) with model {version} ({args.method})")
-        t0 = time.perf_counter()
-        outcomes = score_sessions(
-            gw,
-            todo,
-            model,
-            workdir=args.out / "work",
-            method=args.method,
-            on_outcome=lambda o: print(
-                f"  {o.session_label}: {o.status} in {o.duration_s:.1f} s"
-                + (f" — {o.error}" if o.error else "")
-            ),
-        )
-        print(f"scored in {time.perf_counter() - t0:.1f} s")
-        left = gw.find_sessions_to_score(DEMO_PROJECT, model_version=version)
-
-        analysis_doc: dict[str, Any] | None = None
-        flagged = 0
+    acc = demo.accounts
+    analysis_doc: dict[str, Any] | None = None
+    with demo.connect(acc.admin_user, acc.admin_password) as gw:
+        outliers = []
+        for a in gw.read_assessments(DEMO_PROJECT):
+            if a.record.model_version != version:
+                continue
+            for cat, r in a.record.categories.items():
+                if r.outlier:
+                    outliers.append({"session": a.session_label, "category": cat,
+                                     "reason": r.outlier_reason})  # fmt: skip
+        print(f"\nsessions: {progress.sessions} in XNAT, {progress.complete} scored, "
+              f"{progress.failed} failed; {progress.rated} rated by the radiologists")  # fmt: skip
+        for label in progress.labels_failed:
+            print(f"  failed: {label}")
         try:
-            analysis, assessments = analyze_project(
-                gw,
-                DEMO_PROJECT,
-                model_version=version,
-                n_resamples=args.n_resamples,
-                seed=args.seed,
-            )
-        except StatisticsError as exc:  # e.g. fewer than 4 volumes: say so, keep the rest
-            print(f"\nanalysis skipped: {exc}")
+            analysis, _ = analyze_project(gw, DEMO_PROJECT, model_version=version,
+                                          n_resamples=n_resamples, seed=seed)  # fmt: skip
+        except CbctQaError as exc:
+            print(f"\nstudy-style table skipped: {exc}")
         else:
-            flagged = write_outlier_flags(gw, analysis, assessments, sessions)
             analysis_doc = analysis.to_dict()
             print()
             print(format_report(analysis))
-        print(
-            f"\noutlier flags written to {flagged} assessment(s); "
-            f"{len(left)} session(s) still need scoring"
-        )
-        summary = {
-            "project": DEMO_PROJECT,
-            "model_version": version,
-            "sessions": len(sessions),
-            "ratings": n_ratings,
-            "scored": [o.__dict__ for o in outcomes],
-            "still_to_score": [ref.label for ref in left],
-            "outlier_assessments_updated": flagged,
-            "analysis": analysis_doc,
-            "requests": {
-                "attempts": gw.request_counts.attempts,
-                "retries": gw.request_counts.retries,
-            },
-        }
-    return summary
+    print(f"\nalerts raised: {len(outliers)}")
+    for o in sorted(outliers, key=lambda o: (o["session"], o["category"])):
+        print(f"  {o['session']:<12} {o['category']:<14} {o['reason']}")
+    assert demo.xnat is not None
+    report = f"{demo.xnat.url}/data/projects/{DEMO_PROJECT}/resources/{REPORT_RESOURCE}/files/report.html"
+    print(f"\ncohort report: {report}")
+    return {
+        "project": DEMO_PROJECT,
+        "model_version": version,
+        "sessions": progress.sessions,
+        "complete": progress.complete,
+        "failed": progress.failed,
+        "failed_sessions": progress.labels_failed,
+        "rated": progress.rated,
+        "alerts": outliers,
+        "analysis": analysis_doc,
+        "report": report,
+    }
+
+
+class _QuietPrefect(logging.Filter):
+    """Keeps Prefect's per-run INFO lines (in the Prefect UI) off the demo's terminal."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("prefect") and record.levelno < logging.WARNING)
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.n_resamples < 100:
-        from qa_core.errors import ConfigurationError
-
-        raise ConfigurationError(f"--n-resamples must be >= 100; got {args.n_resamples}")
-    cohort = run_cohort_step(args)
+    _check(args)
+    out: Path = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    cohort = generate_and_summarise(args, out / "cohort")
     if args.cohort_only:
         return 0
-    summary = run_xnat_steps(args, cohort)
-    out = args.out / "summary.json"
-    out.write_text(
-        json.dumps(summary, sort_keys=True, indent=2, default=str) + "\n", encoding="utf-8"
+    # the service's state lives in the demo folder, on the embedded defaults (a local Prefect
+    # server even where PREFECT_API_URL points at a production one)
+    os.environ["PREFECT_HOME"] = str(out / "prefect")
+    os.environ.pop("PREFECT_API_URL", None)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_QuietPrefect())
+
+    from flows.live_demo import LiveDemo
+    from flows.scoring import model_version
+    from flows.session_flows import worker_model
+
+    version = model_version(worker_model())
+    n = len(cohort.sessions)
+    interval = args.arrival_interval if args.arrival_interval is not None else 60.0 / max(n, 1)
+    stop = threading.Event()
+    old = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    started = time.perf_counter()
+    demo = LiveDemo(
+        out,
+        cohort,
+        n_rated=min(args.rated, n),
+        interval_s=interval,
+        poll_interval_s=args.poll_interval,
+        workers=1,
+        dashboard_port=None if args.until_done else args.dashboard_port,
+        prefect_port=args.prefect_port,
+        ui=not args.until_done,
     )
-    print(f"summary: {out}", file=sys.stderr)
-    return 0 if all(o["status"] == "complete" for o in summary["scored"]) else 1
+    try:
+        print(f"\nstarting XNAT, Prefect and the scoring service (model {version}) …", flush=True)
+        demo.start()
+        if not args.until_done:
+            if not demo.dashboard_ready():
+                print(f"the dashboard did not start; see {out / 'dashboard.log'}", file=sys.stderr)
+            _print_access(demo, dashboard=True)
+            last = (-1, -1)
+
+            def show(p: DemoProgress) -> None:
+                nonlocal last
+                if (p.complete, p.failed) != last:
+                    last = (p.complete, p.failed)
+                    print(f"  scored {p.complete}/{n}, failed {p.failed}, "
+                          f"alerts {p.flagged}", flush=True)  # fmt: skip
+
+            demo.wait_until_done(version, timeout=float("inf"), stop=stop, on_progress=show)
+            print("every session is scored; the service keeps watching (Ctrl-C stops)", flush=True)
+            while not stop.wait(1.0):
+                pass
+            return 0
+        _print_access(demo, dashboard=False)
+        progress = demo.wait_until_done(version, timeout=args.timeout, stop=stop)
+        if progress.scored < n or progress.report_sessions < n:
+            print(f"\ngave up after {args.timeout:.0f} s: {progress.scored}/{n} sessions scored, "
+                  f"report covers {progress.report_sessions}", file=sys.stderr)  # fmt: skip
+            return 1
+        summary = _summary(demo, version, progress, args.n_resamples, args.seed)
+        summary["wall_s"] = round(time.perf_counter() - started, 1)
+        (out / "summary.json").write_text(
+            json.dumps(summary, sort_keys=True, indent=2, default=str) + "\n", encoding="utf-8"
+        )
+        print(f"summary: {out / 'summary.json'} ({summary['wall_s']:.0f} s)")
+        return 0 if progress.failed == 0 else 1
+    except KeyboardInterrupt:
+        print("\nstopping …", flush=True)
+        return 130
+    finally:
+        demo.stop()
+        signal.signal(signal.SIGTERM, old)
+        print("stopped: XNAT, Prefect, the scoring service and the dashboard", flush=True)
