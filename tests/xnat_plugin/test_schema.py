@@ -8,6 +8,7 @@ Checked here:
 * our ``xnat.xsd`` agrees with XNAT's real schema on every type, base type, field, field type,
   occurrence and element order it declares, and is of our own writing (far smaller, no copied
   header);
+* XNAT's ``security.xsd`` declares the ``xdat:user`` properties the local server serves;
 * xnatpy's own schema converter (the code ``xnat.connect`` runs on ``/xapi/schemas/{name}``)
   builds ``CbctqaQaAssessmentData`` and ``CbctqaRatingData`` with settable, typed properties.
 
@@ -85,6 +86,8 @@ for _c in CATEGORIES:
         f"{_c}_outlier": "boolean",
         f"{_c}_outlier_reason": "string",
     }
+for _c in CATEGORIES:  # alert acknowledgements (dashboard), after every result field
+    QA_FIELDS |= {f"{_c}_ack_by": "string", f"{_c}_ack_date": "dateTime", f"{_c}_ack_comment": "string"}
 
 #: cbctqa:ratingData fields and built-in types, in schema order.
 RATING_FIELDS: dict[str, str] = {"rater": "string", "scan_id": "string"}
@@ -429,6 +432,32 @@ def test_our_xnat_schema_builds_alone() -> None:
     assert schema.target_namespace == XNAT_NAMESPACE
     assert {"Project", "Subject", "CTSession", "CTScan", "ResourceCatalog"} <= set(schema.elements)
     assert not schema.imports  # no other schema file needed
+
+
+# --------------------------------------------------------------------------- XNAT's security.xsd
+
+#: XNAT's user API names (``/xapi/users/{login}``) for the ``xdat:user`` properties of
+#: security.xsd that the local server keeps.
+USER_JSON_NAMES = {"login": "username", "firstname": "firstName", "lastname": "lastName",
+                   "email": "email", "enabled": "enabled", "verified": "verified"}  # fmt: skip
+
+
+def test_xnat_security_schema_declares_the_user_properties_we_serve(xnat_server: Any) -> None:
+    security = xmlschema.XMLSchema(SHARED / "security.xsd")
+    user = security.types["user"]
+    elements = {e.local_name for e in user.content.iter_elements()}
+    attributes = {name: a.type.local_name for name, a in user.attributes.items()}
+    assert {"login", "firstname", "lastname", "email"} <= elements
+    assert attributes["enabled"] == attributes["verified"] == "boolean"
+    assert set(USER_JSON_NAMES) <= elements | set(attributes)
+    # the local server answers each of them under XNAT's JSON name, booleans as booleans
+    import requests
+
+    answer = requests.get(f"{xnat_server.url}/xapi/users/{xnat_server.user}",
+                          auth=(xnat_server.user, xnat_server.password), timeout=10).json()
+    assert set(answer) >= set(USER_JSON_NAMES.values())
+    assert answer["username"] == xnat_server.user
+    assert isinstance(answer["enabled"], bool) and isinstance(answer["verified"], bool)
 
 
 # --------------------------------------------------------------------------- xnatpy's converter
