@@ -35,6 +35,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "flows.commands.serve",
     "flows.commands.rescore",
     "flows.commands.demo",
+    "flows.commands.dashboard",
     "flows.commands.doctor",
     "flows.commands.config",
 )
