@@ -12,7 +12,8 @@ and the share of normal sessions flagged, with the shipped model.
    one more session of the normal cohort (a rare anomaly among normal sessions, as in a
    department), with :func:`qa_core.outliers.session_alerts` (the default alert rules) and,
    for comparison, the DESIGN's rules as they were (:func:`qa_core.outliers.detect_outliers`:
-   isotonic AE-on-consensus residual robust z > 3.5 and |Δρ_i| >= 0.1, every category).
+   isotonic AE-on-consensus residual robust z > 3.5 and |Δρ_i| >= 0.1, every category), on
+   raw AE (the default now, rules ``design:``) and on log AE (the default before, ``before:``).
 
 Prints, per rule, anomalies flagged (per kind and in all) and normal sessions flagged, and
 the totals against the targets (>= 90 % of anomalies flagged in at least one category,
@@ -166,12 +167,18 @@ def alerts_for(records: list[dict[str, Any]]) -> dict[str, dict[str, list[str]]]
     )
     for a in alerts:
         out[a.session].setdefault(a.rule, []).append(f"{a.category}: {a.reason}")
-    # The DESIGN's rules as they raised alerts before (every category, no multiplicity handling).
+    # The DESIGN's rules, every category, no multiplicity handling: as they raised flags
+    # before (log AE) and as detect_outliers now computes them by default (raw AE).
     for c in CATEGORIES:
         loo = loo_spearman(cols[c]["ae"], cols[c]["consensus"])
-        rep = detect_outliers(sessions, cols[c]["ae"], cols[c]["consensus"], delta_rho=loo.influence, rho=loo.rho)
-        for f in rep.flags:
-            out[f.session].setdefault(f"design:{f.kind}", []).append(f"{c}: {f.reason}")
+        for prefix, log_ae in (("before", True), ("design", False)):
+            ae = [max(v, 1e-12) for v in cols[c]["ae"]] if log_ae else cols[c]["ae"]
+            rep = detect_outliers(
+                sessions, ae, cols[c]["consensus"], delta_rho=loo.influence, rho=loo.rho,
+                log_ae=log_ae,
+            )  # fmt: skip
+            for f in rep.flags:
+                out[f.session].setdefault(f"{prefix}:{f.kind}", []).append(f"{c}: {f.reason}")
     return out
 
 
@@ -219,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     kind_of = {r["label"]: r["kind"] for r in anomalous}
 
     rules = sorted({rule for a in (*normal_alerts.values(), *anom_alerts.values()) for rule in a})
-    default_rules = [r for r in rules if not r.startswith("design:")]
+    default_rules = [r for r in rules if not r.startswith(("design:", "before:"))]
     n_norm, n_anom = len(normal), len(anomalous)
 
     def share(alerts: dict[str, dict[str, list[str]]], pick: list[str], labels: list[str]) -> tuple[int, float]:
@@ -261,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     false = [s for s in norm_labels if any(r in normal_alerts[s] for r in default_rules)]
     for s in false:
         print(f"normal session flagged: {s}: " + " | ".join(
-            f"{r}: {v[0]}" for r, v in normal_alerts[s].items() if not r.startswith("design:")))
+            f"{r}: {v[0]}" for r, v in normal_alerts[s].items() if r in default_rules))
     if args.json is not None:
         args.json.write_text(json.dumps({
             "rules": table, "totals": totals, "n_normal": n_norm, "n_anomalous": n_anom,

@@ -103,7 +103,7 @@ def _clean(n: int = 16, seed: int = 0) -> tuple[list[str], np.ndarray, np.ndarra
 def test_planted_high_ae_is_flagged_with_reason() -> None:
     sessions, ae, consensus = _clean()
     ae[3] *= 6.0  # a low-quality volume with far too much attribution energy
-    rep = detect_outliers(sessions, ae, consensus)
+    rep = detect_outliers(sessions, ae, consensus, log_ae=True)
     flags = [f for f in rep.flags if f.kind == "ae_residual"]
     assert [f.session for f in flags] == ["S03"]
     f = flags[0]
@@ -120,7 +120,19 @@ def test_planted_high_ae_is_flagged_with_reason() -> None:
 
 def test_clean_monotone_cohort_has_no_flags() -> None:
     sessions, ae, consensus = _clean(seed=1)
-    assert detect_outliers(sessions, ae, consensus).flags == ()
+    assert detect_outliers(sessions, ae, consensus, log_ae=True).flags == ()
+
+
+def test_raw_scale_is_the_default_and_flags_a_planted_additive_outlier() -> None:
+    rng = np.random.default_rng(4)
+    consensus = np.round(rng.uniform(1, 5, 20), 1)
+    ae = 0.5 + consensus + rng.permutation(np.linspace(-0.2, 0.2, 20))
+    ae[7] += 3.0
+    rep = detect_outliers([f"S{i}" for i in range(20)], ae, consensus)
+    assert not rep.log_ae
+    assert [f.session for f in rep.flags] == ["S7"]
+    assert rep.flags[0].reason.startswith("AE +")
+    np.testing.assert_allclose(rep.residuals[7], ae[7] - rep.fitted[7])
 
 
 def test_influence_flag_from_delta_rho() -> None:
@@ -164,7 +176,7 @@ def test_in_sample_raw_recipe_and_its_mad_zero_case() -> None:
 
 def test_zero_ae_falls_back_to_raw_scale_and_direction_warning() -> None:
     sessions = [f"S{i}" for i in range(6)]
-    rep = detect_outliers(sessions, [5.0, 4, 3, 2, 1, 0], [1, 2, 3, 4, 5, 6])
+    rep = detect_outliers(sessions, [5.0, 4, 3, 2, 1, 0], [1, 2, 3, 4, 5, 6], log_ae=True)
     assert not rep.log_ae
     assert any("raw AE" in w for w in rep.warnings)
     assert any("decreasing trend in consensus better" in w for w in rep.warnings)
@@ -198,15 +210,13 @@ def test_detect_outliers_errors() -> None:
 def _cohort(
     n: int = 24, seed: int = 0
 ) -> tuple[list[str], dict[str, np.ndarray], dict[str, np.ndarray], dict[str, np.ndarray]]:
-    """AE = exp(pred) with bounded multiplicative noise (|robust z| <= 1.35); consensus = prediction + noise."""
+    """AE = 1 + pred with bounded noise (|robust z| <= 1.35); consensus = prediction + noise."""
     from qa_core.categories import CATEGORIES
 
     rng = np.random.default_rng(seed)
     ids = [f"S{i:02d}" for i in range(n)]
     pred = {c: rng.uniform(1.5, 4.5, n) for c in CATEGORIES}
-    ae = {
-        c: 100 * np.exp(pred[c] + rng.permutation(np.linspace(-0.08, 0.08, n))) for c in CATEGORIES
-    }
+    ae = {c: 1.0 + pred[c] + rng.permutation(np.linspace(-0.08, 0.08, n)) for c in CATEGORIES}
     cons = {c: np.clip(np.round(pred[c] + rng.normal(0, 0.2, n), 1), 1, 5) for c in CATEGORIES}
     return ids, ae, pred, cons
 
@@ -226,8 +236,8 @@ def test_attribution_residual_z_finds_the_odd_map() -> None:
     a[5] *= 8.0  # eight times the energy of sessions with the same prediction
     z = attribution_residual_z(ids, a, pred["parotid"]).z
     assert z[5] > 20 and np.max(np.abs(np.delete(z, 5))) < 4.5
-    with pytest.raises(StatisticsError, match="AE must be > 0"):
-        attribution_residual_z(ids, np.zeros(len(ids)), pred["parotid"])
+    with pytest.raises(StatisticsError, match="AE must be >= 0"):
+        attribution_residual_z(ids, -np.ones(len(ids)), pred["parotid"])
     with pytest.raises(StatisticsError, match="one AE and one prediction"):
         attribution_residual_z(ids, a[:3], pred["parotid"])
 
