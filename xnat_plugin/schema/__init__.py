@@ -2,7 +2,10 @@
 
 ``cbctqa`` is the plugin's datatype schema (``cbctqa:qaAssessmentData`` and
 ``cbctqa:ratingData``); XNAT deploys it from the plugin JAR as
-``schemas/cbctqa/cbctqa.xsd``. ``xnat`` is a concise XNAT core schema of this project's
+``schemas/cbctqa/cbctqa.xsd``. Its one source is the plugin's
+``xnat_plugin/plugin/src/main/resources/schemas/cbctqa/cbctqa.xsd`` (where XNAT's
+xnat-data-builder reads it); ``cbctqa.xsd`` in this package is a link to that file, so edit
+the plugin's file. ``xnat`` is a concise XNAT core schema of this project's
 own writing that declares the XNAT types the local server and the clients use, with the
 names, fields and extension chain of XNAT's real ``xnat.xsd``. The local
 XNAT-compatible server answers ``GET /xapi/schemas/{name}`` with :func:`schema_text`.
