@@ -110,7 +110,9 @@ def summarise_localisation(rows: list[dict[str, Any]], min_share: float) -> tupl
         med, q1, q3 = (float(np.nanpercentile(share, q)) for q in (50, 25, 75))
         med_ratio = float(np.nanmedian(ratio)) if np.isfinite(ratio).any() else math.nan
         organ = "the body" if cat == "overall" else f"the contoured {cat}"
-        if med_ratio != med_ratio:
+        if cat == "overall":  # region = body: chance is 1, the share itself is the finding
+            where = f"puts {1 - med:.0%} of its energy outside the patient (median)"
+        elif med_ratio != med_ratio:
             where = "cannot be compared with chance (no region voxels in the body)"
         elif med_ratio >= 2:
             where = f"lies on {organ} well above chance ({med_ratio:.1f}x)"
