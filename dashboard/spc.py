@@ -52,12 +52,14 @@ class ControlLimits:
     sigma_method: str
 
 
-def control_limits(values: npt.ArrayLike, *, k: float = 3.0) -> ControlLimits:
+def control_limits(values: npt.ArrayLike, *, k: float = 3.0, floor: float | None = None) -> ControlLimits:
     """Robust individuals-chart limits of ``values`` (acquisition order; NaNs ignored).
 
     >>> lim = control_limits([1.0, 1.1, 0.9, 1.0, 5.0])
     >>> round(lim.centre, 2), bool(lim.out[-1]), bool(lim.out[0])
     (1.0, True, False)
+
+    ``floor`` raises the lower limit to a physical minimum (0 for AE).
     """
     x = np.asarray(values, dtype=np.float64).ravel()
     finite = np.isfinite(x)
@@ -72,6 +74,8 @@ def control_limits(values: npt.ArrayLike, *, k: float = 3.0) -> ControlLimits:
         sigma = float(mr.mean() / 1.128) if mr.size else 0.0
         method = "moving range" if sigma > 0 else "none"
     lower, upper = centre - k * sigma, centre + k * sigma
+    if floor is not None:
+        lower = max(lower, floor)  # e.g. AE cannot be negative: a limit below 0 can never be crossed
     out = np.zeros(x.size, bool)
     if sigma > 0:
         out[finite] = (xf < lower) | (xf > upper)

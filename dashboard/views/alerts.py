@@ -74,24 +74,35 @@ def render() -> None:
                    if total == 0 else "Every alert has been acknowledged. Turn on "
                    "'Show acknowledged alerts' to see them.", icon=":material/check_circle:")  # fmt: skip
         return
-    shown = table[["session", "category", "outlier_reason", "acquired", "scanner", "flagged_at",
-                   "acknowledged_by", "ack_comment"]].rename(columns={
+    shown = table[["session", "category", "acquired", "scanner", "flagged_at", "acknowledged_by",
+                   "ack_comment", "outlier_reason"]].rename(columns={
         "outlier_reason": "reason", "flagged_at": "flag written", "acknowledged_by": "acknowledged by",
         "ack_comment": "comment"})  # fmt: skip
     if not show:
         shown = shown.drop(columns=["acknowledged by", "comment"])
-    event = st.dataframe(shown, hide_index=True, width="stretch", key="al_table", on_select="rerun",
-                         selection_mode="single-row",
-                         column_config={"acquired": st.column_config.DateColumn("acquired"),
-                                        "flag written": st.column_config.DatetimeColumn("flag written",
-                                                                                        format="YYYY-MM-DD HH:mm")})  # fmt: skip
-    ui.csv_button(shown, f"{snap.project}_alerts", key="al_csv")
-    rows = list(getattr(getattr(event, "selection", None), "rows", []) or [])
-    if not rows:
-        st.caption("Select an alert (the box at the left of its row) to open its case or acknowledge it.")
-        return
-    _acknowledge(snap, table.iloc[int(rows[0])])
+    ids = [f"{a}|{c}" for a, c in zip(table["assessor_id"], table["category"], strict=True)]
+    labels = dict(zip(ids, [f"{s} · {c}" for s, c in zip(table["session"], table["category"], strict=True)],
+                      strict=True))  # fmt: skip
 
+    def picked_from_table() -> None:
+        rows = list(st.session_state["al_table"].selection.rows)
+        if rows:
+            st.session_state["al_pick"] = ids[int(rows[0])]
+
+    st.dataframe(shown, hide_index=True, width="stretch", key="al_table", on_select=picked_from_table,
+                 selection_mode="single-row",
+                 column_config={"acquired": st.column_config.DateColumn("acquired"),
+                                "flag written": st.column_config.DatetimeColumn("flag written",
+                                                                                format="YYYY-MM-DD HH:mm"),
+                                "reason": st.column_config.TextColumn("reason", width="large")})  # fmt: skip
+    ui.csv_button(shown, f"{snap.project}_alerts", key="al_csv")
+    if st.session_state.get("al_pick") not in ids:
+        st.session_state["al_pick"] = None
+    choice = st.selectbox("Alert to open or acknowledge", ids, key="al_pick", format_func=labels.get,
+                          placeholder="select a row above, or choose here")  # fmt: skip
+    if choice is None:
+        return
+    _acknowledge(snap, table.iloc[ids.index(choice)])
 
 if __name__ == "__main__":
     ui.page("Alerts", render, caption="Sessions whose Attribution Energy is atypical for the cohort.")

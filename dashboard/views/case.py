@@ -125,7 +125,7 @@ def _profile_chart(profile: pd.DataFrame, category: str, current: int) -> alt.La
     col = f"{category}_ae"
     base = alt.Chart(profile[["slice", col]].rename(columns={col: "AE"}))
     line = base.mark_line(point=True).encode(
-        x=alt.X("slice:Q", title="slice (0 = most inferior)"), y=alt.Y("AE:Q", title=f"{category} slice AE"),
+        x=alt.X("slice:Q", title="slice (0 = most inferior)", axis=alt.Axis(format="d", tickMinStep=1)), y=alt.Y("AE:Q", title=f"{category} slice AE"),
         tooltip=["slice", alt.Tooltip("AE:Q", format=".4g")])  # fmt: skip
     mark = alt.Chart(pd.DataFrame({"slice": [current]})).mark_rule(color="#e45756", strokeWidth=2).encode(x="slice:Q")
     return alt.layer(line, mark, title=f"Slice-level AE ({category}); red: the slice shown")

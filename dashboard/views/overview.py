@@ -19,7 +19,7 @@ import streamlit as st
 
 from dashboard import data, ui
 
-__all__ = ["counts", "render", "stats_frame"]
+__all__ = ["STUDY_COLUMNS", "counts", "render", "stats_frame"]
 
 _WAIT_FOR_STATS_S = 1.0
 
@@ -60,6 +60,8 @@ def stats_frame(analysis: Any) -> pd.DataFrame:
                 "p (t)": _p(a.p),
                 "LOO median ρ": _r(a.loo_median_rho),
                 "LOO median p": _p(a.loo_median_p),
+                "study ρ (LOO median)": _r(study.rho) if study else "n/a",
+                "study p": study.p_text if study else "n/a",
                 "permutation p": _p(a.perm_p),
                 f"BCa {a.ci_level:.0%} CI": f"[{_r(a.ci_low)}, {_r(a.ci_high)}]",
                 "Holm p": _p(a.p_holm),
@@ -67,12 +69,14 @@ def stats_frame(analysis: Any) -> pd.DataFrame:
                 "partial ρ | prediction": _r(a.partial_rho),
                 "partial p (Holm)": _p(a.partial_p_holm),
                 "ρ(AE, prediction)": _r(a.rho_ae_pred),
-                "study ρ (LOO median)": _r(study.rho) if study else "n/a",
-                "study p": study.p_text if study else "n/a",
                 "verdict": a.verdict_code.replace("_", " "),
             }
         )
     return pd.DataFrame(rows)
+
+
+#: Columns of the two views of :func:`stats_frame`.
+STUDY_COLUMNS = ["category", "n", "ρ", "p (t)", "LOO median ρ", "LOO median p", "study ρ (LOO median)", "study p"]
 
 
 def _scatter(frame: pd.DataFrame, category: str) -> alt.Chart:
@@ -81,7 +85,7 @@ def _scatter(frame: pd.DataFrame, category: str) -> alt.Chart:
     pick = alt.selection_point(fields=["session"], name="pick", on="click")
     return (
         alt.Chart(sub, title=f"{category}: AE against consensus ({len(sub)} sessions)")
-        .mark_circle(size=70, opacity=0.8)
+        .mark_circle(size=80, opacity=0.85)
         .encode(
             x=alt.X("consensus:Q", title="consensus Likert score (weighted mean of raters; 5 = best)",
                     scale=alt.Scale(domain=[0.8, 5.2])),
@@ -95,6 +99,7 @@ def _scatter(frame: pd.DataFrame, category: str) -> alt.Chart:
                      alt.Tooltip("scanner:N")],
         )
         .add_params(pick)
+        .properties(height=380)
     )
 
 
@@ -119,24 +124,29 @@ def _statistics(job: data.AnalysisJob, project: str) -> None:
         st.warning(f"The statistics cannot be computed yet: {exc}", icon=":material/info:")
         return
     table = stats_frame(analysis)
-    st.dataframe(table, hide_index=True, width="stretch", key="ov_stats")
+    st.markdown("**The study's protocol, beside the study's published figures**")
+    st.dataframe(table[STUDY_COLUMNS], hide_index=True, width="stretch", key="ov_stats_study")
+    st.markdown("**Better statistics**")
+    better = table[["category", *[c for c in table.columns if c not in STUDY_COLUMNS]]]
+    st.dataframe(better, hide_index=True, width="stretch", key="ov_stats")
     st.caption(
         "ρ: Spearman rank correlation of AE with consensus (higher = AE tracks image quality). "
         "p (t): scipy's Student-t p. LOO: the study's protocol, medians over the leave-one-out subsets "
-        "(reproduction only; the median p is not a calibrated p value). Permutation p (two-sided) is "
-        "valid with the ties of weighted consensus; Holm and BH adjust it across the categories. "
-        "Partial ρ asks whether AE says anything beyond the model's predicted score. "
-        f"Study: the published figures (n=16). Computed in {job.seconds:.1f} s."
+        "(reproduction only; the median p is not a calibrated p value). Study: the published figures "
+        "(n=16). Permutation p (two-sided) is valid with the ties of weighted consensus; Holm and BH "
+        "adjust it across the categories; BCa: bias-corrected bootstrap interval of ρ. Partial ρ asks "
+        "whether AE says anything beyond the model's predicted score; ρ(AE, prediction) how much AE "
+        f"restates it. Computed in {job.seconds:.1f} s."
     )
     ui.csv_button(table, f"{project}_ae_vs_consensus_statistics", key="ov_stats_csv",
                   label="Download statistics (CSV)")  # fmt: skip
     st.markdown("**Verdicts**")
     for a in analysis.results:
-        icon = "✅" if a.ae_tracks_consensus and a.verdict_code == "tracks" else (
-            "⚠️" if a.ae_tracks_consensus else "❌")
+        icon = ":material/check_circle:" if a.verdict_code == "tracks" else (
+            ":material/warning:" if a.ae_tracks_consensus else ":material/cancel:")
         st.markdown(f"{icon} {a.verdict}")
     for cat, why in analysis.skipped:
-        st.markdown(f"➖ {cat}: not analysed — {why}.")
+        st.markdown(f":material/remove: {cat}: not analysed — {why}.")
 
 
 def render() -> None:
@@ -177,26 +187,22 @@ def render() -> None:
         )
         return
     category = ui.category_picker("ov")
-    left, right = st.columns([3, 2])
-    with left:
-        event = st.altair_chart(_scatter(frame, category), key=f"ov_scatter_{category}",
-                                on_select="rerun", selection_mode="pick", width="stretch")  # fmt: skip
-        st.caption("Hover a point for its session; click it to open the case. Red: flagged as an outlier.")
-        picked = (event.get("selection", {}) if isinstance(event, dict) else {}).get("pick") or []
-        if picked and picked[0].get("session"):
-            ui.open_case(str(picked[0]["session"]))
-        b1, b2 = st.columns(2)
-        with b1:
-            ui.png_button(_draw_scatter(frame, category), f"{snap.project}_{category}_ae_vs_consensus",
-                          key="ov_png")  # fmt: skip
-        with b2:
-            ui.csv_button(frame[frame["category"] == category], f"{snap.project}_{category}_cohort",
-                          key="ov_cohort_csv", label="Download points (CSV)")  # fmt: skip
-    with right:
-        sub = frame[frame["category"] == category]
-        flagged = int(sub["outlier"].sum())
-        st.markdown(f"**{category}**: {sub['consensus'].notna().sum()} rated of {len(sub)} scored sessions; "
-                    f"{flagged} flagged as outliers.")  # fmt: skip
+    sub = frame[frame["category"] == category]
+    st.markdown(f"**{category}**: {int(sub['consensus'].notna().sum())} rated of {len(sub)} scored sessions; "
+                f"{int(sub['outlier'].sum())} flagged as outliers (red).")  # fmt: skip
+    event = st.altair_chart(_scatter(frame, category), key=f"ov_scatter_{category}",
+                            on_select="rerun", selection_mode="pick", width="stretch")  # fmt: skip
+    st.caption("Hover a point for its session; click it to open the case.")
+    picked = (event.get("selection", {}) if isinstance(event, dict) else {}).get("pick") or []
+    if picked and picked[0].get("session"):
+        ui.open_case(str(picked[0]["session"]))
+    b1, b2, _ = st.columns([1, 1, 2])
+    with b1:
+        ui.png_button(_draw_scatter(frame, category), f"{snap.project}_{category}_ae_vs_consensus",
+                      key="ov_png")  # fmt: skip
+    with b2:
+        ui.csv_button(sub, f"{snap.project}_{category}_cohort", key="ov_cohort_csv",
+                      label="Download points (CSV)")  # fmt: skip
     st.subheader("AE against consensus: the study's statistics and better ones")
     job = data.analysis_job(rows, wait_s=_WAIT_FOR_STATS_S)
     if job.done:

@@ -29,7 +29,7 @@ METRICS: dict[str, str] = {
 def spc_frame(frame: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, spc.ControlLimits]:
     """Sessions in acquisition order with the metric, limits and an ``out`` column."""
     sub = frame.dropna(subset=["acquired"]).sort_values(["acquired", "session"]).copy()
-    limits = spc.control_limits(sub[metric].to_numpy(dtype=float))
+    limits = spc.control_limits(sub[metric].to_numpy(dtype=float), floor=0.0 if metric.startswith("ae") else 1.0)
     sub["out"] = limits.out
     sub["state"] = sub["out"].map({True: "outside limits", False: "in control"})
     return sub, limits
