@@ -37,6 +37,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "flows.commands.demo",
     "flows.commands.dashboard",
     "flows.commands.doctor",
+    "flows.commands.deploy",
     "flows.commands.config",
 )
 

@@ -88,14 +88,23 @@ def build_deployments(
     poll_interval: float,
     work_pool: str | None = None,
     monitor: bool = True,
+    module_entrypoints: bool = False,
 ) -> list[RunnerDeployment]:
-    """The deployments for ``projects`` (see the module docstring)."""
+    """The deployments for ``projects`` (see the module docstring).
+
+    ``module_entrypoints``: record each flow by module path (``flows.session_flows.score_session``)
+    instead of a file path relative to the current folder, so that workers on other machines,
+    with the package installed elsewhere, find it (``cbctqa deploy``).
+    """
     from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
+    from prefect.types.entrypoint import EntrypointType
 
     from flows.monitor import monitor_cohort
     from flows.session_flows import discover_sessions, score_session
 
-    out = [score_session.to_deployment("score-session", tags=["cbctqa"], work_pool_name=work_pool)]
+    entry = EntrypointType.MODULE_PATH if module_entrypoints else EntrypointType.FILE_PATH
+    out = [score_session.to_deployment("score-session", tags=["cbctqa"], work_pool_name=work_pool,
+                                       entrypoint_type=entry)]  # fmt: skip
     for project in projects:
         out.append(
             discover_sessions.to_deployment(
@@ -105,6 +114,7 @@ def build_deployments(
                 triggers=[archived_trigger(project)],
                 tags=["cbctqa", f"project:{project}"],
                 work_pool_name=work_pool,
+                entrypoint_type=entry,
             )
         )
         if monitor:
@@ -119,6 +129,7 @@ def build_deployments(
                     ),
                     tags=["cbctqa", f"project:{project}"],
                     work_pool_name=work_pool,
+                    entrypoint_type=entry,
                 )
             )
     return cast("list[RunnerDeployment]", out)

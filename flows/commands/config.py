@@ -143,6 +143,8 @@ def _show_default(value: Any) -> str:
     home = str(Path.home())
     if value is None:
         return "None"
+    if value == "":
+        return '""'
     if isinstance(value, Path):
         text = str(value)
         if home not in ("", "/") and (text == home or text.startswith(home + os.sep)):
