@@ -61,7 +61,10 @@ def _reference_body(session_dir: Path, volume: Any) -> tuple[np.ndarray | None, 
             if masks.body is not None:
                 return masks.body, "rtstruct"
         except Exception as exc:
-            print(f"  {session_dir.name}: RTSTRUCT unusable ({exc}); using the label map", file=sys.stderr)
+            print(
+                f"  {session_dir.name}: RTSTRUCT unusable ({exc}); using the label map",
+                file=sys.stderr,
+            )
     lab = session_dir / "labels.npz"
     if lab.is_file():
         with np.load(lab) as z:
@@ -98,7 +101,11 @@ def score_cohort(model: Any, root: Path, cache: Path, *, batch_size: int) -> lis
                     ae={c: float(res.ae[c]) for c in CATEGORIES},
                 )
             ref, ref_src = _reference_body(sdir, volume)
-            rec.update(checks_fp=fp, checks=check_image(volume, reference_body=ref).to_dict(), reference=ref_src)
+            rec.update(
+                checks_fp=fp,
+                checks=check_image(volume, reference_body=ref).to_dict(),
+                reference=ref_src,
+            )
             rec.update(
                 label=label,
                 kind=(t.get("anomaly") or {}).get("kind", "normal"),
@@ -106,7 +113,10 @@ def score_cohort(model: Any, root: Path, cache: Path, *, batch_size: int) -> lis
                 consensus={c: float(t["consensus"][c]) for c in CATEGORIES},
             )
             path.write_text(json.dumps(rec, sort_keys=True), encoding="utf-8")
-            print(f"  scored {label} ({rec['kind']}) in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+            print(
+                f"  scored {label} ({rec['kind']}) in {time.perf_counter() - t0:.1f} s",
+                file=sys.stderr,
+            )
         out.append(rec)
     return out
 
@@ -150,9 +160,14 @@ def alerts_for(records: list[dict[str, Any]]) -> dict[str, dict[str, list[str]]]
     for r in records:
         checks = tuple(
             ImageCheck(
-                name=c["name"], assessed=c["assessed"], flagged=c["flagged"],
-                value=math.nan if c["value"] is None else c["value"], unit=c["unit"], limit=c["limit"],
-                reason=c["reason"], note=c["note"],
+                name=c["name"],
+                assessed=c["assessed"],
+                flagged=c["flagged"],
+                value=math.nan if c["value"] is None else c["value"],
+                unit=c["unit"],
+                limit=c["limit"],
+                reason=c["reason"],
+                note=c["note"],
             )
             for c in r["checks"]["checks"].values()
         )
@@ -183,12 +198,18 @@ def alerts_for(records: list[dict[str, Any]]) -> dict[str, dict[str, list[str]]]
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--normal", type=int, default=64, help="normal sessions (default 64)")
-    p.add_argument("--per-kind", type=int, default=6, help="anomalous sessions per kind (default 6)")
+    p.add_argument(
+        "--per-kind", type=int, default=6, help="anomalous sessions per kind (default 6)"
+    )
     p.add_argument("--slices", type=int, default=48)
     p.add_argument("--size", type=int, default=256)
-    p.add_argument("--seed", type=int, default=900, help="normal cohort seed; the anomalous one uses seed+1")
+    p.add_argument(
+        "--seed", type=int, default=900, help="normal cohort seed; the anomalous one uses seed+1"
+    )
     p.add_argument("--workdir", type=Path, default=Path(".bench-alerts"))
     p.add_argument("--workers", type=int, default=1, help="synth worker processes (default 1)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -201,15 +222,34 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     kinds = ANOMALY_KINDS
     normal_dir, anom_dir = args.workdir / "normal", args.workdir / "anomalous"
-    generate_cohort(normal_dir, n_sessions=args.normal, slices=args.slices, size=args.size,
-                    seed=args.seed, workers=args.workers, progress=False)
-    generate_cohort(anom_dir, n_sessions=args.per_kind * len(kinds), slices=args.slices, size=args.size,
-                    seed=args.seed + 1, workers=args.workers, progress=False,
-                    anomalies=kinds, anomaly_fraction=1.0)
+    generate_cohort(
+        normal_dir,
+        n_sessions=args.normal,
+        slices=args.slices,
+        size=args.size,
+        seed=args.seed,
+        workers=args.workers,
+        progress=False,
+    )
+    generate_cohort(
+        anom_dir,
+        n_sessions=args.per_kind * len(kinds),
+        slices=args.slices,
+        size=args.size,
+        seed=args.seed + 1,
+        workers=args.workers,
+        progress=False,
+        anomalies=kinds,
+        anomaly_fraction=1.0,
+    )
     t_synth = time.perf_counter() - t0
     model = load_model()
-    normal = score_cohort(model, normal_dir, args.workdir / "scores" / "normal", batch_size=args.batch_size)
-    anomalous = score_cohort(model, anom_dir, args.workdir / "scores" / "anomalous", batch_size=args.batch_size)
+    normal = score_cohort(
+        model, normal_dir, args.workdir / "scores" / "normal", batch_size=args.batch_size
+    )
+    anomalous = score_cohort(
+        model, anom_dir, args.workdir / "scores" / "anomalous", batch_size=args.batch_size
+    )
     t_score = time.perf_counter() - t0 - t_synth
 
     scales = tail_scales(normal)
@@ -229,52 +269,87 @@ def main(argv: list[str] | None = None) -> int:
     default_rules = [r for r in rules if not r.startswith(("design:", "before:"))]
     n_norm, n_anom = len(normal), len(anomalous)
 
-    def share(alerts: dict[str, dict[str, list[str]]], pick: list[str], labels: list[str]) -> tuple[int, float]:
+    def share(
+        alerts: dict[str, dict[str, list[str]]], pick: list[str], labels: list[str]
+    ) -> tuple[int, float]:
         k = sum(1 for s in labels if any(r in alerts[s] for r in pick))
         return k, k / max(len(labels), 1)
 
     anom_labels = [r["label"] for r in anomalous]
     norm_labels = [r["label"] for r in normal]
-    print(f"alerts benchmark: {n_norm} normal + {n_anom} anomalous sessions "
-          f"({args.per_kind} per kind), {args.slices} slices x {args.size}^2; synth {t_synth:.0f} s, "
-          f"scoring {t_score:.0f} s")
-    header = f"{'rule':34s} {'anomalies flagged':>18s} {'normal flagged':>15s}   " + " ".join(f"{k[:8]:>8s}" for k in kinds)
+    print(
+        f"alerts benchmark: {n_norm} normal + {n_anom} anomalous sessions "
+        f"({args.per_kind} per kind), {args.slices} slices x {args.size}^2; synth {t_synth:.0f} s, "
+        f"scoring {t_score:.0f} s"
+    )
+    header = f"{'rule':34s} {'anomalies flagged':>18s} {'normal flagged':>15s}   " + " ".join(
+        f"{k[:8]:>8s}" for k in kinds
+    )
     print(header)
     table: dict[str, Any] = {}
     for rule in rules:
         ka, fa = share(anom_alerts, [rule], anom_labels)
         kn, fn = share(normal_alerts, [rule], norm_labels)
-        per_kind = {k: share(anom_alerts, [rule], [s for s in anom_labels if kind_of[s] == k])[1] for k in kinds}
+        per_kind = {
+            k: share(anom_alerts, [rule], [s for s in anom_labels if kind_of[s] == k])[1]
+            for k in kinds
+        }
         table[rule] = {"anomalies": fa, "normal": fn, "per_kind": per_kind}
-        print(f"{rule:34s} {ka:4d}/{n_anom} {fa:6.0%}   {kn:4d}/{n_norm} {fn:5.0%}   "
-              + " ".join(f"{per_kind[k]:8.0%}" for k in kinds))
+        print(
+            f"{rule:34s} {ka:4d}/{n_anom} {fa:6.0%}   {kn:4d}/{n_norm} {fn:5.0%}   "
+            + " ".join(f"{per_kind[k]:8.0%}" for k in kinds)
+        )
     totals = {}
-    for name, pick in (("default alerts (all rules)", default_rules),
-                       ("DESIGN rules as before", [r for r in rules if r.startswith("design:")])):
+    for name, pick in (
+        ("default alerts (all rules)", default_rules),
+        ("image checks alone", [r for r in rules if r.startswith("image:")]),
+        ("DESIGN flags now (raw AE)", [r for r in rules if r.startswith("design:")]),
+        ("DESIGN flags as before (log AE)", [r for r in rules if r.startswith("before:")]),
+    ):
         ka, fa = share(anom_alerts, pick, anom_labels)
         kn, fn = share(normal_alerts, pick, norm_labels)
-        per_kind = {k: share(anom_alerts, pick, [s for s in anom_labels if kind_of[s] == k])[1] for k in kinds}
+        per_kind = {
+            k: share(anom_alerts, pick, [s for s in anom_labels if kind_of[s] == k])[1]
+            for k in kinds
+        }
         totals[name] = {"anomalies": fa, "normal": fn, "per_kind": per_kind}
-        print(f"{name:34s} {ka:4d}/{n_anom} {fa:6.0%}   {kn:4d}/{n_norm} {fn:5.0%}   "
-              + " ".join(f"{per_kind[k]:8.0%}" for k in kinds))
+        print(
+            f"{name:34s} {ka:4d}/{n_anom} {fa:6.0%}   {kn:4d}/{n_norm} {fn:5.0%}   "
+            + " ".join(f"{per_kind[k]:8.0%}" for k in kinds)
+        )
     d = totals["default alerts (all rules)"]
     ok_a, ok_n = d["anomalies"] >= TARGET_ANOMALIES, d["normal"] <= TARGET_NORMAL
-    print(f"\ntarget: anomalies flagged >= {TARGET_ANOMALIES:.0%}: {d['anomalies']:.1%} "
-          f"({'met' if ok_a else 'NOT met'}); normal sessions flagged <= {TARGET_NORMAL:.0%}: "
-          f"{d['normal']:.1%} ({'met' if ok_n else 'NOT met'})")
+    print(
+        f"\ntarget: anomalies flagged >= {TARGET_ANOMALIES:.0%}: {d['anomalies']:.1%} "
+        f"({'met' if ok_a else 'NOT met'}); normal sessions flagged <= {TARGET_NORMAL:.0%}: "
+        f"{d['normal']:.1%} ({'met' if ok_n else 'NOT met'})"
+    )
     missed = [s for s in anom_labels if not any(r in anom_alerts[s] for r in default_rules)]
     if missed:
         print("anomalies not flagged: " + ", ".join(f"{s} ({kind_of[s]})" for s in missed))
     false = [s for s in norm_labels if any(r in normal_alerts[s] for r in default_rules)]
     for s in false:
-        print(f"normal session flagged: {s}: " + " | ".join(
-            f"{r}: {v[0]}" for r, v in normal_alerts[s].items() if r in default_rules))
+        print(
+            f"normal session flagged: {s}: "
+            + " | ".join(f"{r}: {v[0]}" for r, v in normal_alerts[s].items() if r in default_rules)
+        )
     if args.json is not None:
-        args.json.write_text(json.dumps({
-            "rules": table, "totals": totals, "n_normal": n_norm, "n_anomalous": n_anom,
-            "targets": {"anomalies_min": TARGET_ANOMALIES, "normal_max": TARGET_NORMAL},
-            "normal_alerts": normal_alerts, "anomalous_alerts": anom_alerts,
-        }, sort_keys=True, indent=1), encoding="utf-8")
+        args.json.write_text(
+            json.dumps(
+                {
+                    "rules": table,
+                    "totals": totals,
+                    "n_normal": n_norm,
+                    "n_anomalous": n_anom,
+                    "targets": {"anomalies_min": TARGET_ANOMALIES, "normal_max": TARGET_NORMAL},
+                    "normal_alerts": normal_alerts,
+                    "anomalous_alerts": anom_alerts,
+                },
+                sort_keys=True,
+                indent=1,
+            ),
+            encoding="utf-8",
+        )
     return 0
 
 

@@ -147,7 +147,9 @@ class ImageCheck:
             "limit": self.limit,
             "reason": self.reason,
             "note": self.note,
-            "details": {k: (None if not math.isfinite(v) else float(v)) for k, v in self.details.items()},
+            "details": {
+                k: (None if not math.isfinite(v) else float(v)) for k, v in self.details.items()
+            },
         }
 
 
@@ -285,6 +287,7 @@ def _orthogonal_hull(mask: B) -> B:
     An orthogonally convex hull: it closes cavities that the field of view's edge opens
     (lungs cut by a small field of view), which hole filling cannot.
     """
+
     def between(axis: int) -> B:
         fwd = np.maximum.accumulate(mask, axis=axis)
         bwd = np.flip(np.maximum.accumulate(np.flip(mask, axis=axis), axis=axis), axis=axis)
@@ -318,13 +321,17 @@ def check_hu_calibration(m: ImageMeasurements) -> ImageCheck:
     far = round(15.0 / m.pixel_mm)
     near_body = np.empty_like(m.body)
     for k in range(m.body.shape[0]):
-        near_body[k] = ndimage.binary_dilation(m.body[k], iterations=far) if m.body[k].any() else m.body[k]
+        near_body[k] = (
+            ndimage.binary_dilation(m.body[k], iterations=far) if m.body[k].any() else m.body[k]
+        )
     air = (~near_body) & m.fov[None]
     deep = round(8.0 / m.pixel_mm)
     inside = ndimage.binary_erosion(m.body, structure=_SLICE, iterations=deep)
     soft = inside & (m.hu > -450.0) & (m.hu < 600.0)
     if int(air.sum()) < 500 or int(soft.sum()) < 500:
-        return _not_assessed(name, unit, limit, "too little air around the patient or soft tissue to measure")
+        return _not_assessed(
+            name, unit, limit, "too little air around the patient or soft tissue to measure"
+        )
     air_hu = float(np.median(m.hu[air]))
     tissue_hu = float(np.median(m.hu[soft]))
     air_off = air_hu + 1000.0
@@ -344,12 +351,19 @@ def check_hu_calibration(m: ImageMeasurements) -> ImageCheck:
                 f"{lim['tissue_hu_high']:g} on CBCT)"
             )
         reason = (
-            "HU calibration looks wrong: " + " and ".join(parts)
+            "HU calibration looks wrong: "
+            + " and ".join(parts)
             + ". Check the scanner's HU calibration (rescale slope/intercept) before trusting the scores"
         )
     return ImageCheck(
-        name, True, bad_air or bad_tissue, air_off if bad_air or not bad_tissue else tissue_hu, unit, limit,
-        reason=reason, details={"air_hu": air_hu, "soft_tissue_hu": tissue_hu},
+        name,
+        True,
+        bad_air or bad_tissue,
+        air_off if bad_air or not bad_tissue else tissue_hu,
+        unit,
+        limit,
+        reason=reason,
+        details={"air_hu": air_hu, "soft_tissue_hu": tissue_hu},
     )
 
 
@@ -365,7 +379,7 @@ def check_field_of_view(m: ImageMeasurements) -> ImageCheck:
     limit = f"radius < {lim['fov_radius_mm_min']:g} mm, or the patient cut by its edge"
     share = _rim_share(m)
     n = share.size
-    upper = share[int(0.4 * n):]
+    upper = share[int(0.4 * n) :]
     cut = float(np.mean(upper > lim["fov_cut_rim_share"])) if upper.size else 0.0
     small = m.fov_radius_mm < lim["fov_radius_mm_min"]
     cut_flag = cut > lim["fov_cut_slice_share"]
@@ -381,8 +395,18 @@ def check_field_of_view(m: ImageMeasurements) -> ImageCheck:
             f"{100 * cut:.0f}% of the neck and head slices: anatomy is missing"
         )
     return ImageCheck(
-        name, True, small or cut_flag, m.fov_radius_mm, unit, limit, reason=reason,
-        details={"fov_radius_mm": m.fov_radius_mm, "cut_slice_share": cut, "max_rim_share": float(share.max())},
+        name,
+        True,
+        small or cut_flag,
+        m.fov_radius_mm,
+        unit,
+        limit,
+        reason=reason,
+        details={
+            "fov_radius_mm": m.fov_radius_mm,
+            "cut_slice_share": cut,
+            "max_rim_share": float(share.max()),
+        },
     )
 
 
@@ -402,7 +426,9 @@ def check_head_feet(m: ImageMeasurements) -> ImageCheck:
     total = float(per_slice.sum())
     voxel_cm3 = m.pixel_mm**2 * m.slice_mm / 1000.0
     if total * voxel_cm3 < 0.5:
-        return _not_assessed(name, unit, limit, "too little dense bone (teeth, mandible) to tell head from feet")
+        return _not_assessed(
+            name, unit, limit, "too little dense bone (teeth, mandible) to tell head from feet"
+        )
     n = per_slice.size
     z = (np.arange(n) + 0.5) / n
     centre = float(np.sum(z * per_slice) / total)
@@ -414,7 +440,16 @@ def check_head_feet(m: ImageMeasurements) -> ImageCheck:
         if flagged
         else ""
     )
-    return ImageCheck(name, True, flagged, centre, unit, limit, reason=reason, details={"dense_bone_cm3": total * voxel_cm3})
+    return ImageCheck(
+        name,
+        True,
+        flagged,
+        centre,
+        unit,
+        limit,
+        reason=reason,
+        details={"dense_bone_cm3": total * voxel_cm3},
+    )
 
 
 def check_left_right(m: ImageMeasurements, reference_body: B | None) -> ImageCheck:
@@ -427,7 +462,9 @@ def check_left_right(m: ImageMeasurements, reference_body: B | None) -> ImageChe
     Not assessed without a reference.
     """
     name, unit = "left_right", "fraction"
-    limit = f"mirrored image fits the structure set better by > {LIMITS['left_right_margin']:g} (Dice)"
+    limit = (
+        f"mirrored image fits the structure set better by > {LIMITS['left_right_margin']:g} (Dice)"
+    )
     if reference_body is None:
         return _not_assessed(name, unit, limit, "no reference body contour (External) given")
     ref = np.asarray(reference_body, dtype=bool)
@@ -438,7 +475,12 @@ def check_left_right(m: ImageMeasurements, reference_body: B | None) -> ImageChe
         )
     ref = ref & m.fov[None]
     if int(ref.sum()) < 100:
-        return _not_assessed(name, unit, limit, "the reference body contour is (almost) empty inside the field of view")
+        return _not_assessed(
+            name,
+            unit,
+            limit,
+            "the reference body contour is (almost) empty inside the field of view",
+        )
 
     def dice(a: B, b: B) -> float:
         return float(2.0 * np.sum(a & b) / max(int(a.sum()) + int(b.sum()), 1))
@@ -453,7 +495,16 @@ def check_left_right(m: ImageMeasurements, reference_body: B | None) -> ImageChe
         if flagged
         else ""
     )
-    return ImageCheck(name, True, flagged, gain, unit, limit, reason=reason, details={"dice": d, "dice_mirrored": d_m})
+    return ImageCheck(
+        name,
+        True,
+        flagged,
+        gain,
+        unit,
+        limit,
+        reason=reason,
+        details={"dice": d, "dice_mirrored": d_m},
+    )
 
 
 def check_body_part(m: ImageMeasurements) -> ImageCheck:
@@ -563,7 +614,12 @@ def check_motion(m: ImageMeasurements) -> ImageCheck:
             continue
         values.append(float(np.percentile(smooth[k][band], 90)))
     if len(values) < 3:
-        return _not_assessed(name, unit, limit, "no air around the patient inside the field of view to look for ghosts")
+        return _not_assessed(
+            name,
+            unit,
+            limit,
+            "no air around the patient inside the field of view to look for ghosts",
+        )
     ghost = float(np.median(values))
     flagged = ghost > LIMITS["ghost_hu_max"]
     reason = (
@@ -572,7 +628,16 @@ def check_motion(m: ImageMeasurements) -> ImageCheck:
         if flagged
         else ""
     )
-    return ImageCheck(name, True, flagged, ghost, unit, limit, reason=reason, details={"slices_measured": float(len(values))})
+    return ImageCheck(
+        name,
+        True,
+        flagged,
+        ghost,
+        unit,
+        limit,
+        reason=reason,
+        details={"slices_measured": float(len(values))},
+    )
 
 
 def check_image(volume: Volume, *, reference_body: B | None = None) -> ImageCheckReport:
@@ -602,8 +667,15 @@ def check_image(volume: Volume, *, reference_body: B | None = None) -> ImageChec
     if body.flagged:
         # The other checks assume a head and neck; their findings would only mislead.
         note = "not assessed: the image does not look like a head and neck (see body_part)"
-        units = {"hu_calibration": "HU", "field_of_view": "mm", "head_feet": "fraction", "motion": "HU"}
-        skipped = {n: ImageCheck(n, False, False, math.nan, u, "", note=note) for n, u in units.items()}
+        units = {
+            "hu_calibration": "HU",
+            "field_of_view": "mm",
+            "head_feet": "fraction",
+            "motion": "HU",
+        }
+        skipped = {
+            n: ImageCheck(n, False, False, math.nan, u, "", note=note) for n, u in units.items()
+        }
         checks = [
             skipped["hu_calibration"],
             skipped["field_of_view"],

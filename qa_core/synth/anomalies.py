@@ -149,7 +149,9 @@ def choose_anomaly(
         raise SynthesisError(f"anomaly fraction must lie in [0, 1]; got {fraction!r}")
     names = check_anomaly_kinds(kinds)
     if fraction > 0 and not names:
-        raise SynthesisError("an anomaly fraction above 0 needs at least one anomaly kind (--anomalies)")
+        raise SynthesisError(
+            "an anomaly fraction above 0 needs at least one anomaly kind (--anomalies)"
+        )
     if not names:
         return None
     draw = float(rng.random())
@@ -161,7 +163,9 @@ def choose_anomaly(
 # --------------------------------------------------------------------------- anatomy / settings
 
 
-def heavy_metal(anatomy: PatientAnatomy, rng: np.random.Generator) -> tuple[PatientAnatomy, dict[str, Any]]:
+def heavy_metal(
+    anatomy: PatientAnatomy, rng: np.random.Generator
+) -> tuple[PatientAnatomy, dict[str, Any]]:
     """Crowns or large amalgam fillings on 16-28 of the 28 teeth, radius 3.5-4.5 mm.
 
     Normal patients carry 0-7 fillings of 1.5-3.5 mm (at most about 2 cm³ of metal); this
@@ -178,13 +182,17 @@ def heavy_metal(anatomy: PatientAnatomy, rng: np.random.Generator) -> tuple[Pati
     return out, {"n_fillings": n, "radius_mm_max": round(max(f.radius_mm for f in fillings), 3)}
 
 
-def truncate_fov(settings: AcquisitionSettings, rng: np.random.Generator) -> tuple[AcquisitionSettings, dict[str, Any]]:
+def truncate_fov(
+    settings: AcquisitionSettings, rng: np.random.Generator
+) -> tuple[AcquisitionSettings, dict[str, Any]]:
     """Reconstructed field of view of radius 55-85 mm (normal: 112-140 mm)."""
     radius = float(rng.uniform(55.0, 85.0))
     return replace(settings, fov_radius_mm=radius), {"fov_radius_mm": round(radius, 3)}
 
 
-def severe_motion(settings: AcquisitionSettings, rng: np.random.Generator) -> tuple[AcquisitionSettings, dict[str, Any]]:
+def severe_motion(
+    settings: AcquisitionSettings, rng: np.random.Generator
+) -> tuple[AcquisitionSettings, dict[str, Any]]:
     """Rigid motion of 8-15 mm and 3-6 degrees during 35-50 % of the views (normal: <= 3 mm, 1.5°)."""
     mm = float(rng.uniform(8.0, 15.0))
     deg = float(rng.uniform(3.0, 6.0)) * float(rng.choice([-1.0, 1.0]))
@@ -197,7 +205,11 @@ def severe_motion(settings: AcquisitionSettings, rng: np.random.Generator) -> tu
         motion_start=float(rng.uniform(0.0, 0.5)),
         motion_angle_deg=float(rng.uniform(0.0, 360.0)),
     )
-    return out, {"motion_mm": round(mm, 3), "motion_deg": round(deg, 3), "motion_fraction": round(frac, 3)}
+    return out, {
+        "motion_mm": round(mm, 3),
+        "motion_deg": round(deg, 3),
+        "motion_fraction": round(frac, 3),
+    }
 
 
 # --------------------------------------------------------------------------- phantom
@@ -226,10 +238,17 @@ def other_body_part(phantom: Phantom, rng: np.random.Generator) -> tuple[Phantom
     hu = np.full(phantom.hu.shape, -1000.0, dtype=np.float32)
     lab = np.zeros(phantom.hu.shape, dtype=np.uint8)
     zeta = phantom.zeta
-    half_w = float(rng.uniform(150.0, 170.0)) if part == "thorax" else float(rng.uniform(160.0, 180.0))
-    half_h = float(rng.uniform(100.0, 115.0)) if part == "thorax" else float(rng.uniform(105.0, 120.0))
+    half_w = (
+        float(rng.uniform(150.0, 170.0)) if part == "thorax" else float(rng.uniform(160.0, 180.0))
+    )
+    half_h = (
+        float(rng.uniform(100.0, 115.0)) if part == "thorax" else float(rng.uniform(105.0, 120.0))
+    )
     fat = float(rng.uniform(5.0, 15.0))
-    gas = [(float(rng.uniform(-70, 70)), float(rng.uniform(-60, 0)), float(rng.uniform(5, 14))) for _ in range(5)]
+    gas = [
+        (float(rng.uniform(-70, 70)), float(rng.uniform(-60, 0)), float(rng.uniform(5, 14)))
+        for _ in range(5)
+    ]
     for k in range(slices):
         h, lb = hu[k], lab[k]
         body = _ellipse(x, y, 0.0, 0.0, half_w, half_h)
@@ -243,7 +262,9 @@ def other_body_part(phantom: Phantom, rng: np.random.Generator) -> tuple[Phantom
         if part == "thorax":
             grow = 1.0 + 0.25 * (1.0 - float(zeta[k]))
             for side in (-1.0, 1.0):
-                lung = _ellipse(x, y, side * 0.45 * half_w, 0.0, 0.38 * half_w * grow, 0.72 * half_h)
+                lung = _ellipse(
+                    x, y, side * 0.45 * half_w, 0.0, 0.38 * half_w * grow, 0.72 * half_h
+                )
                 h[lung], lb[lung] = -850.0, LABELS["airway"]
             heart = _ellipse(x, y, 15.0, -25.0, 55.0 * (1.2 - float(zeta[k])), 48.0)
             h[heart], lb[heart] = 40.0, LABELS["soft_tissue"]
@@ -270,7 +291,11 @@ def other_body_part(phantom: Phantom, rng: np.random.Generator) -> tuple[Phantom
                 pocket = _ellipse(x, y, gx, gy, gr, gr * 0.7)
                 h[pocket], lb[pocket] = -900.0, LABELS["airway"]
     out = Phantom(hu=hu, labels=lab, spacing=phantom.spacing, zeta=phantom.zeta, anatomy=a)
-    return out, {"body_part": part, "half_width_mm": round(half_w, 2), "half_height_mm": round(half_h, 2)}
+    return out, {
+        "body_part": part,
+        "half_width_mm": round(half_w, 2),
+        "half_height_mm": round(half_h, 2),
+    }
 
 
 # --------------------------------------------------------------------------- image
@@ -278,7 +303,9 @@ def other_body_part(phantom: Phantom, rng: np.random.Generator) -> tuple[Phantom
 
 def _check_volume(hu: F32, what: str) -> None:
     if hu.ndim != 3 or hu.shape[0] < 2:
-        raise SynthesisError(f"{what} needs a (slices, rows, cols) volume with >= 2 slices; got shape {hu.shape}")
+        raise SynthesisError(
+            f"{what} needs a (slices, rows, cols) volume with >= 2 slices; got shape {hu.shape}"
+        )
 
 
 def flip_head_feet(hu: F32, rng: np.random.Generator) -> tuple[F32, dict[str, Any]]:
@@ -305,5 +332,7 @@ def miscalibrate_hu(hu: F32, rng: np.random.Generator) -> tuple[F32, dict[str, A
     _check_volume(hu, "miscalibrate_hu")
     slope = float(rng.uniform(0.85, 1.15))
     intercept = float(rng.uniform(150.0, 300.0)) * float(rng.choice([-1.0, 1.0]))
-    out = np.clip(hu * np.float32(slope) + np.float32(intercept), -1024.0, 3071.0).astype(np.float32)
+    out = np.clip(hu * np.float32(slope) + np.float32(intercept), -1024.0, 3071.0).astype(
+        np.float32
+    )
     return out, {"slope": round(slope, 4), "intercept_hu": round(intercept, 2)}
