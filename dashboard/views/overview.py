@@ -99,7 +99,7 @@ def _scatter(frame: pd.DataFrame, category: str) -> alt.Chart:
                      alt.Tooltip("scanner:N")],
         )
         .add_params(pick)
-        .properties(height=380)
+        .properties(height=380, usermeta={"embedOptions": {"renderer": "svg"}})
     )
 
 
