@@ -28,7 +28,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -37,7 +37,6 @@ import pandas as pd
 import streamlit as st
 
 from qa_core.categories import CATEGORIES
-from qa_core.errors import CbctQaError
 
 if TYPE_CHECKING:
     from qa_core.statistics import CohortAnalysis
@@ -363,8 +362,9 @@ class AnalysisJob:
 
 
 @st.cache_resource(show_spinner=False)
-def _job_registry() -> tuple[dict[str, AnalysisJob], ThreadPoolExecutor, threading.Lock]:
-    return {}, ThreadPoolExecutor(max_workers=1, thread_name_prefix="cbctqa-stats"), threading.Lock()
+def _job_registry() -> tuple[dict[str, AnalysisJob], threading.Lock, threading.Lock]:
+    """Jobs by key, the registry's lock, and the lock that runs one computation at a time."""
+    return {}, threading.Lock(), threading.Lock()
 
 
 def _rows_key(rows: list[dict[str, Any]], n_resamples: int) -> str:
@@ -377,25 +377,32 @@ def analysis_job(rows: list[dict[str, Any]], *, n_resamples: int = ANALYSIS_RESA
     """The (possibly still running) analysis of ``rows``; started if new; waits up to ``wait_s``.
 
     Jobs are shared by every session of the server and kept for the server's lifetime (at most
-    32, oldest dropped), so the statistics of one cohort table are computed once.
+    32, oldest dropped), so the statistics of one cohort table are computed once. They run one
+    at a time in daemon threads (a server shutting down does not wait for them).
     """
     from qa_core.statistics import analyze_table
 
-    jobs, pool, lock = _job_registry()
+    jobs, lock, compute = _job_registry()
     key = _rows_key(rows, n_resamples)
     with lock:
         job = jobs.get(key)
         if job is None:
-            def run() -> CohortAnalysis:
-                try:
-                    return analyze_table(rows, n_resamples=n_resamples, seed=0, skip_small=True)
-                finally:
-                    job_ref = jobs.get(key)
-                    if job_ref is not None:
-                        job_ref.finished = time.time()
-
-            job = AnalysisJob(key=key, n_rows=len(rows), started=time.time(), future=pool.submit(run))
+            future: Future[CohortAnalysis] = Future()
+            job = AnalysisJob(key=key, n_rows=len(rows), started=time.time(), future=future)
             jobs[key] = job
+
+            def run(job: AnalysisJob = job) -> None:
+                with compute:
+                    try:
+                        job.future.set_result(
+                            analyze_table(rows, n_resamples=n_resamples, seed=0, skip_small=True)
+                        )
+                    except BaseException as exc:
+                        job.future.set_exception(exc)
+                    finally:
+                        job.finished = time.time()
+
+            threading.Thread(target=run, name=f"cbctqa-stats-{key[:8]}", daemon=True).start()
             while len(jobs) > 32:
                 jobs.pop(next(iter(jobs)))
     if wait_s > 0 and not job.done:
@@ -403,6 +410,6 @@ def analysis_job(rows: list[dict[str, Any]], *, n_resamples: int = ANALYSIS_RESA
             job.future.result(timeout=wait_s)
         except TimeoutError:
             pass
-        except CbctQaError:
+        except Exception:
             pass  # reported by the page from job.result()
     return job

@@ -22,6 +22,7 @@ from dashboard import data, ui
 __all__ = ["STUDY_COLUMNS", "counts", "render", "stats_frame"]
 
 _WAIT_FOR_STATS_S = 1.0
+_WAIT_MAX_SESSIONS = 100
 
 
 def counts(sessions: pd.DataFrame) -> dict[str, int]:
@@ -204,7 +205,9 @@ def render() -> None:
         ui.csv_button(sub, f"{snap.project}_{category}_cohort", key="ov_cohort_csv",
                       label="Download points (CSV)")  # fmt: skip
     st.subheader("AE against consensus: the study's statistics and better ones")
-    job = data.analysis_job(rows, wait_s=_WAIT_FOR_STATS_S)
+    n_sessions = len({r["session"] for r in rows})
+    # small cohorts: wait a moment so the table appears with the page; large ones never block it
+    job = data.analysis_job(rows, wait_s=_WAIT_FOR_STATS_S if n_sessions <= _WAIT_MAX_SESSIONS else 0.0)
     if job.done:
         _statistics(job, snap.project)
         return
@@ -214,7 +217,6 @@ def render() -> None:
         current = data.analysis_job(rows)
         if current.done:
             st.rerun(scope="app")
-        n_sessions = len({r["session"] for r in rows})
         st.info(
             f"Computing the statistics for {n_sessions} rated sessions × "
             f"{len({r['category'] for r in rows})} categories ({data.ANALYSIS_RESAMPLES} permutations "
