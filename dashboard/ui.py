@@ -18,6 +18,7 @@ import pandas as pd
 import streamlit as st
 
 from dashboard import auth, data
+from qa_core import __version__
 from qa_core.errors import CbctQaError
 from qa_core.logs import redact
 
@@ -232,6 +233,7 @@ def render_sidebar() -> None:
     """Identity, project and model choice, refresh: the same on every page."""
     sb = st.sidebar
     sb.markdown("### CBCT QA monitor")
+    sb.caption(f"cbctqa {__version__}")  # the one version (qa_core.__version__)
     if auth.oidc_configured():
         user_info: Any = st.user
         if not getattr(user_info, "is_logged_in", False):

@@ -69,3 +69,19 @@ def test_assessments_record_this_version() -> None:
     import flows.scoring
 
     assert flows.scoring.__version__ is qa_core.__version__
+
+
+def test_dashboard_shows_this_version(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The dashboard's sidebar names the same version (no XNAT needed: before sign-in)."""
+    from streamlit.testing.v1 import AppTest
+
+    import dashboard
+
+    for name in ("XNAT_HOST", "XNATPY_HOST", "XNAT_USER", "XNAT_PASS", "PREFECT_API_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    monkeypatch.chdir(tmp_path)
+    at = AppTest.from_file(str(Path(dashboard.__file__).parent / "app.py"), default_timeout=60)
+    at.run()
+    assert not at.exception
+    assert f"cbctqa {qa_core.__version__}" in [str(c.value) for c in at.sidebar.caption]
