@@ -165,6 +165,31 @@ def render_report_html(payload: dict[str, Any], plot_png_b64: str | None) -> str
     return "\n".join(parts)
 
 
+def _statistically_flagged(outlier: bool | None, reason: str) -> bool:
+    """``True`` when a stored flag includes a cohort-statistics reason (not only the image
+    checks or localisation written at scoring time): that outlier was already alerted."""
+    from flows import scoring
+
+    if not outlier:
+        return False
+    scoring_time = tuple(
+        p for p in (getattr(scoring, "IMAGE_CHECK_PREFIX", None),
+                    getattr(scoring, "LOCALISATION_PREFIX", None)) if p
+    )  # fmt: skip
+    return any(part.strip() and not part.strip().startswith(scoring_time)
+               for part in reason.split("; "))  # fmt: skip
+
+
+def _statistical_reason(reason: str) -> str:
+    from flows import scoring
+
+    scoring_time = tuple(
+        p for p in (getattr(scoring, "IMAGE_CHECK_PREFIX", None),
+                    getattr(scoring, "LOCALISATION_PREFIX", None)) if p
+    )  # fmt: skip
+    return "; ".join(p for p in reason.split("; ") if p.strip() and not p.startswith(scoring_time))
+
+
 @task(name="analyse-and-flag", retries=2, retry_delay_seconds=[2, 8],
       retry_condition_fn=_transient_only, cache_policy=NO_CACHE)  # fmt: skip
 def analyse_and_flag(project: str, version: str, n_resamples: int) -> dict[str, Any]:
@@ -172,7 +197,7 @@ def analyse_and_flag(project: str, version: str, n_resamples: int) -> dict[str, 
     from flows.scoring import cohort_rows
 
     with _gateway() as gw:
-        before = {(a.session_label, c): r.outlier
+        before = {(a.session_label, c): _statistically_flagged(r.outlier, r.outlier_reason)
                   for a in gw.read_assessments(project) if a.record.model_version == version
                   for c, r in a.record.categories.items()}  # fmt: skip
         analysis: CohortAnalysis | None
@@ -190,17 +215,21 @@ def analyse_and_flag(project: str, version: str, n_resamples: int) -> dict[str, 
         if analysis is not None:
             sessions = {s.label: s for s in gw.list_sessions(project)}
             updated = write_outlier_flags(gw, analysis, assessments, sessions)
-            by_label = {a.session_label: a for a in assessments if a.record.model_version == version}
-            for res in analysis.results:
-                for flag in res.outliers:
-                    if before.get((flag.session, res.category)) is True:
-                        continue  # raised before: no second alert
-                    a = by_label.get(flag.session)
-                    new_alerts.append({"session": flag.session, "category": res.category,
-                                       "reason": flag.reason, "ae": flag.ae,
-                                       "consensus": flag.consensus,
-                                       "session_id": a.session_id if a else ""})  # fmt: skip
             assessments = gw.read_assessments(project)
+            values = {(r["session"], r["category"]): r for r in cohort_rows(
+                assessments, gw.read_ratings(project), model_version=version)}  # fmt: skip
+            for a in assessments:  # alerts follow the flags as stored: new ones only
+                if a.record.model_version != version or a.record.status != "complete":
+                    continue
+                for cat, res in a.record.categories.items():
+                    key = (a.session_label, cat)
+                    if before.get(key) or not _statistically_flagged(res.outlier, res.outlier_reason):
+                        continue
+                    row = values.get(key, {})
+                    new_alerts.append({"session": a.session_label, "category": cat,
+                                       "reason": _statistical_reason(res.outlier_reason),
+                                       "ae": res.ae, "consensus": row.get("consensus"),
+                                       "session_id": a.session_id})  # fmt: skip
         payload = report_payload(project, version, analysis, assessments, new_alerts=new_alerts,
                                  note=note)  # fmt: skip
         plot = None
