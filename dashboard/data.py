@@ -24,7 +24,6 @@ import hashlib
 import json
 import logging
 import math
-import os
 import threading
 import time
 from collections.abc import Callable
@@ -37,6 +36,7 @@ import pandas as pd
 import streamlit as st
 
 from qa_core.categories import CATEGORIES
+from qa_core.settings import get_settings
 
 if TYPE_CHECKING:
     from qa_core.statistics import CohortAnalysis
@@ -66,19 +66,10 @@ __all__ = [
 logger = logging.getLogger("dashboard")
 
 
-def _env_float(name: str, default: float) -> float:
-    raw = os.environ.get(name, "")
-    try:
-        return float(raw) if raw else default
-    except ValueError:
-        logger.warning("%s=%r is not a number; using %s", name, raw, default)
-        return default
-
-
 #: Seconds a project snapshot is reused before XNAT is read again.
-TTL_S: float = _env_float("CBCTQA_DASHBOARD_TTL_S", 300.0)
+TTL_S: float = get_settings().dashboard_ttl_s  # CBCTQA_DASHBOARD_TTL_S
 #: Permutations and bootstrap resamples of the dashboard's statistics.
-ANALYSIS_RESAMPLES: int = int(_env_float("CBCTQA_DASHBOARD_RESAMPLES", 1999))
+ANALYSIS_RESAMPLES: int = get_settings().dashboard_resamples  # CBCTQA_DASHBOARD_RESAMPLES
 
 
 @dataclass(frozen=True, eq=False)

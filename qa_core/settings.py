@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     projects: str = ""
     """Comma-separated XNAT project IDs ``cbctqa serve`` watches when no ``--project`` is given."""
 
+    dashboard_ttl_s: float = Field(300.0, gt=0)
+    """Seconds the dashboard reuses a project's bulk read of XNAT before reading it again."""
+
+    dashboard_resamples: int = Field(1999, ge=99, le=100_000)
+    """Permutations and bootstrap resamples behind the dashboard's p values and intervals."""
+
     @field_validator("log_level")
     @classmethod
     def _level_known(cls, v: str) -> str:
