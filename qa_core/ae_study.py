@@ -19,8 +19,9 @@ each method with :func:`qa_core.attribution.raw_cam` (pytorch-grad-cam's weighti
 
 Command (writes JSON and a Markdown table)::
 
-    python -m qa_core.ae_study --cohort H3 --cohort H4 --cohort H5 --cohort L6 \\
-        --json study.json --markdown study.md
+    python -m qa_core.ae_study --cohort H3 --cohort H4 --cohort H5 --json study16.json
+    python -m qa_core.ae_study --cohort L6 --json study48.json
+    python -m qa_core.ae_study --rows study16.json --rows study48.json --pool --json pooled.json
 """
 
 from __future__ import annotations
@@ -322,12 +323,19 @@ def main(argv: list[str] | None = None) -> int:
     """``python -m qa_core.ae_study --cohort DIR [...] [--json OUT] [--markdown OUT]``."""
     p = argparse.ArgumentParser(prog="python -m qa_core.ae_study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    p.add_argument("--cohort", action="append", required=True, type=Path, help="rated cohort with contours")
+    p.add_argument("--cohort", action="append", default=[], type=Path, help="rated cohort with contours")
     p.add_argument("--model", type=Path, default=None, help="checkpoint (default: shipped)")
     p.add_argument("--methods", default=",".join(METHODS), help="comma-separated CAM methods")
     p.add_argument("--n-resamples", type=int, default=9999)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument(
+        "--pool", action="store_true", help="analyse all cohorts as one (after collecting each)"
+    )
+    p.add_argument(
+        "--rows", type=Path, action="append", default=None,
+        help="reuse the rows of earlier --json outputs instead of scoring the cohorts again",
+    )  # fmt: skip
     p.add_argument("--json", type=Path, default=None)
     p.add_argument("--markdown", type=Path, default=None)
     args = p.parse_args(argv)
@@ -337,6 +345,10 @@ def main(argv: list[str] | None = None) -> int:
     model = load_model(args.model, device="cpu")
     t0 = time.perf_counter()
     rows: list[dict[str, Any]] = []
+    for earlier in args.rows or []:
+        rows += json.loads(earlier.read_text(encoding="utf-8"))["rows"]
+    if not rows and not args.cohort:
+        p.error("give --cohort DIR (one or more) or --rows STUDY.json")
     for cohort in args.cohort:
         rows += collect_cohort(
             model,
@@ -345,6 +357,10 @@ def main(argv: list[str] | None = None) -> int:
             batch_size=args.batch_size,
             on_session=lambda s: print(f"  {s}", file=sys.stderr),
         )
+    if args.pool:
+        names = sorted({Path(r["cohort"]).name for r in rows})
+        for r in rows:
+            r["cohort"] = "pooled " + "+".join(names)
     cells = analyse_study(rows, n_resamples=args.n_resamples, seed=args.seed)
     text = format_markdown(cells)
     print(text)
@@ -356,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
             "provenance": {"model_sha256": card.get("sha256"), "methods": methods,
                            "n_resamples": args.n_resamples, "seed": args.seed,
                            "cohorts": [str(c) for c in args.cohort],
+                           "rows_from": [str(r) for r in args.rows or []], "pooled": args.pool,
                            "seconds": round(time.perf_counter() - t0, 1)},
         }  # fmt: skip
         args.json.write_text(json.dumps(doc, indent=1, sort_keys=True, default=float) + "\n", encoding="utf-8")
