@@ -404,21 +404,25 @@ def find_rtstructs(
     return found
 
 
-def _on_segment(
-    rr: npt.NDArray[np.float64],
-    cc: npt.NDArray[np.float64],
-    r0: float,
-    c0: float,
-    r1: float,
-    c1: float,
-) -> npt.NDArray[np.bool_]:
+def _edge_centres(
+    r0: float, c0: float, r1: float, c1: float
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Voxel centres (integer row, column) lying on the segment, found by stepping along its
+    longer axis: O(length), however long and slanted the edge."""
     dr, dc = r1 - r0, c1 - c0
-    length2 = dr * dr + dc * dc
-    if length2 == 0.0:
-        return np.asarray((np.abs(rr - r0) <= _EDGE_TOL) & (np.abs(cc - c0) <= _EDGE_TOL))
-    t = np.clip(((rr - r0) * dr + (cc - c0) * dc) / length2, 0.0, 1.0)
-    d2 = (rr - (r0 + t * dr)) ** 2 + (cc - (c0 + t * dc)) ** 2
-    return np.asarray(d2 <= _EDGE_TOL * _EDGE_TOL)
+    if abs(dr) >= abs(dc):
+        if abs(dr) <= _EDGE_TOL:  # degenerate: a point
+            rr = np.array([round(r0)]) if abs(r0 - round(r0)) <= _EDGE_TOL else np.empty(0)
+            cc = np.array([round(c0)]) if rr.size and abs(c0 - round(c0)) <= _EDGE_TOL else np.empty(0)
+            return rr[: cc.size].astype(np.int64), cc.astype(np.int64)
+        major = np.arange(np.ceil(min(r0, r1) - _EDGE_TOL), np.floor(max(r0, r1) + _EDGE_TOL) + 1)
+        minor = c0 + (major - r0) * (dc / dr)
+        keep = np.abs(minor - np.round(minor)) <= _EDGE_TOL
+        return major[keep].astype(np.int64), np.round(minor[keep]).astype(np.int64)
+    major = np.arange(np.ceil(min(c0, c1) - _EDGE_TOL), np.floor(max(c0, c1) + _EDGE_TOL) + 1)
+    minor = r0 + (major - c0) * (dr / dc)
+    keep = np.abs(minor - np.round(minor)) <= _EDGE_TOL
+    return np.round(minor[keep]).astype(np.int64), major[keep].astype(np.int64)
 
 
 def rasterise_polygon(
@@ -451,16 +455,9 @@ def rasterise_polygon(
     # centres exactly on an edge (contours drawn through boundary voxel centres)
     n = r.size
     for i in range(n):
-        r0, c0, r1, c1 = r[i], c[i], r[(i + 1) % n], c[(i + 1) % n]
-        lo_r = max(int(np.ceil(min(r0, r1) - _EDGE_TOL)), 0)
-        hi_r = min(int(np.floor(max(r0, r1) + _EDGE_TOL)), shape[0] - 1)
-        lo_c = max(int(np.ceil(min(c0, c1) - _EDGE_TOL)), 0)
-        hi_c = min(int(np.floor(max(c0, c1) + _EDGE_TOL)), shape[1] - 1)
-        if hi_r < lo_r or hi_c < lo_c:
-            continue
-        gr, gc = np.mgrid[lo_r : hi_r + 1, lo_c : hi_c + 1]
-        on = _on_segment(gr.astype(np.float64), gc.astype(np.float64), r0, c0, r1, c1)
-        mask[lo_r : hi_r + 1, lo_c : hi_c + 1] |= on
+        er, ec = _edge_centres(r[i], c[i], r[(i + 1) % n], c[(i + 1) % n])
+        inside = (er >= 0) & (er < shape[0]) & (ec >= 0) & (ec < shape[1])
+        mask[er[inside], ec[inside]] = True
     return mask
 
 

@@ -215,6 +215,13 @@ def test_rasterise_polygon_known_answers() -> None:
     # along voxel edges: exactly the voxels enclosed
     edge = rasterise_polygon([0.5, 0.5, 3.5, 3.5], [0.5, 2.5, 2.5, 0.5], (6, 6))
     assert edge.sum() == 6 and edge[1:4, 1:3].all()
+    # a long slanted edge through voxel centres: the triangle 0 <= c <= r <= 10, 66 voxels
+    tri = rasterise_polygon([0, 10, 10], [0, 10, 0], (12, 12))
+    rr, cc = np.nonzero(tri)
+    assert tri.sum() == 66 and np.all(cc <= rr) and rr.max() == 10
+    # a large simplified contour (few, long edges) on a 512 grid stays exact and fast
+    big = rasterise_polygon([10.0, 10.0, 500.0, 500.0], [3.0, 490.0, 490.0, 3.0], (512, 512))
+    assert big.sum() == 491 * 488
     # mask -> contours -> mask, with a hole
     m = np.zeros((9, 9), dtype=bool)
     m[1:8, 1:8] = True
