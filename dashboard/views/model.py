@@ -53,7 +53,7 @@ def validation_frame(card: dict[str, Any]) -> pd.DataFrame:
             if m:
                 row[f"{title} n"] = m.get("n_volumes")
                 row[f"{title} ρ"] = round(float(m["spearman_rho"]), 2)
-                row[f"{title} p"] = float(f"{float(m['spearman_p']):.2g}")
+                row[f"{title} p"] = f"{float(m['spearman_p']):.2g}"
                 row[f"{title} MAE"] = round(float(m["mae"]), 2)
         rows.append(row)
     return pd.DataFrame(rows)
@@ -68,11 +68,13 @@ def render() -> None:
     card = _read_card(str(card_path))
     arch = card.get("architecture", {})
     sha = str(card.get("sha256", ""))
-    c = st.columns(4)
-    c[0].metric("architecture", str(arch.get("name", "?")))
-    c[1].metric("input", f"{card.get('input_size', '?')}² px")
-    c[2].metric("target layer", str(card.get("target_layer", "?")))
-    c[3].metric("trained on", str((card.get("training", {}).get("data", {}) or {}).get("kind", "?")))
+    trained = (card.get("training", {}) or {}).get("data", {}) or {}
+    st.markdown(
+        f"**Architecture** `{arch.get('name', '?')}` (widths {arch.get('widths', '?')}) · **input** one axial slice, "
+        f"{card.get('input_size', '?')}² px, window {card.get('hu_window', '?')} HU · **Grad-CAM layer** "
+        f"`{card.get('target_layer', '?')}` · **trained on** {trained.get('n_sessions', '?')} "
+        f"{trained.get('kind', '?')} sessions"
+    )
     st.caption(f"Checkpoint {checkpoint} · SHA-256 {sha} · created {card.get('created', '?')}")
     st.subheader("Validation: predicted score against consensus")
     table = validation_frame(card)

@@ -93,11 +93,19 @@ def _xnat_side(snap: data.Snapshot, version: str | None) -> None:
     c[1].metric("running", int((status == "running").sum()))
     c[2].metric("failed", int((status == "failed").sum()))
     c[3].metric("not scored yet", int((status == "not scored").sum()))
-    failed = sessions[status == "failed"][["session", "acquired", "scanner", "scored_at", "failure_reason"]]
+    failed = sessions[status == "failed"][["session", "acquired", "scanner", "scored_at", "failure_reason"]].copy()
     if not failed.empty:
+        from xnat_plugin.gateway import parse_failure_reason
+
+        tags = [parse_failure_reason(r) for r in failed["failure_reason"]]
+        failed["retried"] = ["no: not until the session changes" if t.permanent else
+                             ("no: gave up" if t.final else f"yes (attempt {t.attempt} failed)") for t in tags]
+        failed["failure_reason"] = [t.reason.strip() for t in tags]
         st.markdown("**Failed sessions and why**")
         st.dataframe(failed.rename(columns={"scored_at": "failed at", "failure_reason": "reason"}),
-                     hide_index=True, width="stretch", key="pl_failed")  # fmt: skip
+                     hide_index=True, width="stretch", key="pl_failed",
+                     column_config={"reason": st.column_config.TextColumn("reason", width="large"),
+                                    "acquired": st.column_config.DateColumn("acquired")})  # fmt: skip
         ui.csv_button(failed, f"{snap.project}_failed_sessions", key="pl_failed_csv")
 
 

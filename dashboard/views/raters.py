@@ -145,7 +145,7 @@ def render() -> None:
         st.caption("Every scored session has at least one rating.")
     else:
         st.dataframe(awaiting[["session", "acquired", "scanner"]], hide_index=True, width="stretch",
-                     key="rt_awaiting")  # fmt: skip
+                     key="rt_awaiting", column_config={"acquired": st.column_config.DateColumn("acquired")})  # fmt: skip
     _rating_form(snap)
 
 

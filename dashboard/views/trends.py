@@ -129,7 +129,7 @@ def render() -> None:
     st.markdown(f"**{len(out)} session(s) outside the control limits**")
     if not out.empty:
         st.dataframe(out[["session", "acquired", "scanner", metric, "predicted", "consensus"]],
-                     hide_index=True, width="stretch", key="tr_out")  # fmt: skip
+                     hide_index=True, width="stretch", key="tr_out", column_config={"acquired": st.column_config.DateColumn("acquired")})  # fmt: skip
     b1, b2 = st.columns(2)
     with b1:
         ui.png_button(_draw(sub, limits, metric, category), f"{snap.project}_{category}_{metric}_spc",
