@@ -98,7 +98,7 @@ def render() -> None:
     ui.csv_button(shown, f"{snap.project}_alerts", key="al_csv")
     if st.session_state.get("al_pick") not in ids:
         st.session_state["al_pick"] = None
-    choice = st.selectbox("Alert to open or acknowledge", ids, key="al_pick", format_func=labels.get,
+    choice = st.selectbox("Alert to open or acknowledge", ids, key="al_pick", format_func=lambda i: labels.get(i, str(i)),
                           placeholder="select a row above, or choose here")  # fmt: skip
     if choice is None:
         return

@@ -108,7 +108,7 @@ def _scores_frame(snap: data.Snapshot, a: StoredAssessment) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["category", "who", "kind", "score"])
 
 
-def _scores_chart(scores: pd.DataFrame) -> alt.Chart:
+def _scores_chart(scores: pd.DataFrame) -> Any:
     return alt.Chart(scores, title="Predicted score against the raters and their consensus").mark_point(
         filled=True, size=110).encode(
         y=alt.Y("category:N", sort=list(CATEGORIES), title=""),
@@ -121,7 +121,7 @@ def _scores_chart(scores: pd.DataFrame) -> alt.Chart:
     )  # fmt: skip
 
 
-def _profile_chart(profile: pd.DataFrame, category: str, current: int) -> alt.LayerChart:
+def _profile_chart(profile: pd.DataFrame, category: str, current: int) -> Any:
     col = f"{category}_ae"
     base = alt.Chart(profile[["slice", col]].rename(columns={col: "AE"}))
     line = base.mark_line(point=True).encode(

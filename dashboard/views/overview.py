@@ -80,7 +80,7 @@ def stats_frame(analysis: Any) -> pd.DataFrame:
 STUDY_COLUMNS = ["category", "n", "ρ", "p (t)", "LOO median ρ", "LOO median p", "study ρ (LOO median)", "study p"]
 
 
-def _scatter(frame: pd.DataFrame, category: str) -> alt.Chart:
+def _scatter(frame: pd.DataFrame, category: str) -> Any:
     sub = frame[(frame["category"] == category) & frame["consensus"].notna()].copy()
     sub["flag"] = sub["outlier"].map({True: "outlier", False: "typical"})
     pick = alt.selection_point(fields=["session"], name="pick", on="click")

@@ -35,7 +35,7 @@ def spc_frame(frame: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, spc.Contr
     return sub, limits
 
 
-def _chart(sub: pd.DataFrame, limits: spc.ControlLimits, metric: str, category: str) -> alt.LayerChart:
+def _chart(sub: pd.DataFrame, limits: spc.ControlLimits, metric: str, category: str) -> Any:
     pick = alt.selection_point(fields=["session"], name="pick", on="click")
     base = alt.Chart(sub)
     line = base.mark_line(color="#9aa5b1", strokeWidth=1).encode(x="acquired:T", y=f"{metric}:Q")
