@@ -10,7 +10,7 @@ CBCT (measured on simulated cohorts; see ``benchmarks/bench_alerts.py``), and re
 check                  what it measures (flagged when)
 =====================  ======================================================================
 ``hu_calibration``     median HU of the air around the patient (expected -1000) and of the
-                       soft tissue inside (expected about 0-60): either off by the limits
+                       soft tissue inside (about -100 to +60 on CBCT): either off the limits
 ``field_of_view``      the reconstructed field of view (radius of the region the scanner
                        filled with its padding value) is too small to hold a head, or the
                        neck and head are cut by its edge
@@ -307,8 +307,8 @@ def check_hu_calibration(m: ImageMeasurements) -> ImageCheck:
     Soft tissue: median HU of the body voxels between -450 and 600 HU at least 8 mm inside
     the surface (muscle, glands; fat pulls it slightly down). Flagged when the air is more
     than 20 HU off -1000, or the tissue median is outside -150 to 150 HU. On 64 normal
-    simulated sessions the air read -1002 to -998 HU (the scanner's air calibration holds
-    outside the patient) while the tissue read about -95 to +55 HU (scatter cupping lowers
+    simulated sessions the air read -1006 to -996 HU (the scanner's air calibration holds
+    outside the patient) while the tissue read -106 to +54 HU (scatter cupping lowers
     it), hence the tight air and loose tissue limits; a negative offset shows as air at the
     floor of the 12-bit range (-1024).
     """
@@ -567,7 +567,7 @@ def check_body_part(m: ImageMeasurements) -> ImageCheck:
 def check_metal(m: ImageMeasurements) -> ImageCheck:
     """Volume of metal: voxels at or above 3000 HU (the top of the 12-bit range) in the body.
 
-    Dental fillings of normal patients (up to about 2 cm³ of amalgam) read up to 5.2 cm³ at
+    Dental fillings of normal patients (up to about 2 cm³ of amalgam) read up to 6.1 cm³ at
     this threshold on 64 normal simulated sessions (blur and bright streaks add voxels);
     flagged above 8 cm³: extensive restorations whose streaks cross the mandible, the tongue
     and the parotid level.
@@ -579,7 +579,7 @@ def check_metal(m: ImageMeasurements) -> ImageCheck:
     cm3 = float(metal.sum()) * m.pixel_mm**2 * m.slice_mm / 1000.0
     flagged = cm3 > LIMITS["metal_cm3_max"]
     reason = (
-        f"{cm3:.1f} cm³ of metal in the image (a few dental fillings read under 6 cm³): streaks are likely "
+        f"{cm3:.1f} cm³ of metal in the image (a few dental fillings read up to about 6 cm³): streaks are likely "
         "through the mandible and parotid levels, so their scores and maps are unreliable"
         if flagged
         else ""
