@@ -24,7 +24,7 @@ covers the real browser. Population is not timed.
 
 Run::
 
-    python benchmarks/bench_dashboard.py [--sessions 2000] [--raters 3] [--workers 4] [--repeats 3] [--wait-stats]
+    python benchmarks/bench_dashboard.py [--sessions 2000] [--raters 3] [--workers 4] [--repeats 3] [--wait-stats]\n        [--data-dir DIR]   # populate once, measure again later
 """
 
 from __future__ import annotations
@@ -132,15 +132,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3, help="cold first renders measured")
     parser.add_argument("--wait-stats", action="store_true", help="also time the background statistics")
+    parser.add_argument("--data-dir", type=Path, default=None,
+                        help="keep the server's data here; a folder populated by an earlier run is reused")
     args = parser.parse_args(argv)
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} CPUs, "
           f"load {os.getloadavg()[0]:.1f}")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="bench-dash-") as tmp, run_in_thread(
-        ServerConfig(data_dir=Path(tmp), admin_user=USER, admin_password=PASSWORD)
+        ServerConfig(data_dir=args.data_dir or Path(tmp), admin_user=USER, admin_password=PASSWORD)
     ) as server:
-        took = populate(server.url, args.sessions, args.raters, args.workers)
-        print(f"populated {args.sessions} sessions, {args.sessions} assessments, "
-              f"{args.sessions * args.raters} ratings in {took:.1f} s (not timed below)")  # fmt: skip
+        marker = (args.data_dir or Path(tmp)) / f"populated-{args.sessions}-{args.raters}"
+        if marker.exists():
+            print(f"reusing the {args.sessions} populated sessions in {args.data_dir}")
+        else:
+            took = populate(server.url, args.sessions, args.raters, args.workers)
+            marker.write_text("done\n")
+            print(f"populated {args.sessions} sessions, {args.sessions} assessments, "
+                  f"{args.sessions * args.raters} ratings in {took:.1f} s (not timed below)")  # fmt: skip
         os.environ.update(XNAT_HOST=server.url, XNAT_USER=USER, XNAT_PASS=PASSWORD,
                           CBCTQA_DASHBOARD_PROJECT=PROJECT, CBCTQA_PREFECT_PORT="1")  # fmt: skip
         import streamlit as st

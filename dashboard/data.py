@@ -60,6 +60,7 @@ __all__ = [
     "consensus_table",
     "load_snapshot",
     "model_versions",
+    "rated_rows",
     "session_frame",
 ]
 
@@ -364,7 +365,19 @@ def _rows_key(rows: list[dict[str, Any]], n_resamples: int) -> str:
     return hashlib.sha256(blob).hexdigest()
 
 
-def analysis_job(rows: list[dict[str, Any]], *, n_resamples: int = ANALYSIS_RESAMPLES, wait_s: float = 0.0) -> AnalysisJob:
+def rated_rows(snap: Snapshot, version: str) -> tuple[list[dict[str, Any]], str]:
+    """The analysis input of ``version`` (:func:`cohort_rows_for`) and its key, built once per snapshot."""
+
+    def build() -> tuple[list[dict[str, Any]], str]:
+        rows = cohort_rows_for(cohort_frame(snap, version))
+        return rows, _rows_key(rows, ANALYSIS_RESAMPLES)
+
+    out: tuple[list[dict[str, Any]], str] = snap.memo(f"rows|{version}", build)
+    return out
+
+
+def analysis_job(rows: list[dict[str, Any]], *, n_resamples: int = ANALYSIS_RESAMPLES, wait_s: float = 0.0,
+                 key: str | None = None) -> AnalysisJob:
     """The (possibly still running) analysis of ``rows``; started if new; waits up to ``wait_s``.
 
     Jobs are shared by every session of the server and kept for the server's lifetime (at most
@@ -374,7 +387,7 @@ def analysis_job(rows: list[dict[str, Any]], *, n_resamples: int = ANALYSIS_RESA
     from qa_core.statistics import analyze_table
 
     jobs, lock, compute = _job_registry()
-    key = _rows_key(rows, n_resamples)
+    key = key or _rows_key(rows, n_resamples)
     with lock:
         job = jobs.get(key)
         if job is None:

@@ -178,7 +178,7 @@ def render() -> None:
         )
         return
     frame = data.cohort_frame(snap, version)
-    rows = data.cohort_rows_for(frame)
+    rows, rows_key = data.rated_rows(snap, version)
     if not rows:
         st.info(
             f"Project {snap.project} has no radiologists' ratings of scored sessions yet, so AE cannot "
@@ -205,16 +205,17 @@ def render() -> None:
         ui.csv_button(sub, f"{snap.project}_{category}_cohort", key="ov_cohort_csv",
                       label="Download points (CSV)")  # fmt: skip
     st.subheader("AE against consensus: the study's statistics and better ones")
-    n_sessions = len({r["session"] for r in rows})
+    n_sessions = int(frame.loc[frame["consensus"].notna(), "session"].nunique())
     # small cohorts: wait a moment so the table appears with the page; large ones never block it
-    job = data.analysis_job(rows, wait_s=_WAIT_FOR_STATS_S if n_sessions <= _WAIT_MAX_SESSIONS else 0.0)
+    job = data.analysis_job(rows, key=rows_key,
+                            wait_s=_WAIT_FOR_STATS_S if n_sessions <= _WAIT_MAX_SESSIONS else 0.0)
     if job.done:
         _statistics(job, snap.project)
         return
 
     @st.fragment(run_every=2.0)
     def pending() -> None:
-        current = data.analysis_job(rows)
+        current = data.analysis_job(rows, key=rows_key)
         if current.done:
             st.rerun(scope="app")
         st.info(
