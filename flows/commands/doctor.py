@@ -353,6 +353,21 @@ class Doctor:
                                    f"{pool.status_code}", "see the Prefect server's logs")
             kind = pool.json().get("type", "?")
             detail += f"; work pool {self.pool!r} ({kind})"
+            try:
+                found = requests.post(
+                    f"{api}/deployments/filter", timeout=self.timeout, auth=auth,
+                    json={"work_pools": {"name": {"any_": [self.pool]}}, "limit": 200},
+                )
+                names = sorted(d.get("name", "?") for d in found.json()) if found.ok else None
+            except (requests.RequestException, ValueError):
+                names = None
+            if names is not None and not names:
+                return CheckResult(
+                    "prefect", "warn", f"{detail} has no deployments: its workers will idle",
+                    f"register them: cbctqa deploy --pool {self.pool} --project P",
+                )
+            if names:
+                detail += f" with {len(names)} deployments"
         return CheckResult("prefect", "ok", detail)
 
     def _model(self) -> CheckResult:

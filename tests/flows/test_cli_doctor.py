@@ -288,8 +288,18 @@ def test_real_prefect_server_and_work_pool(env: Callable[..., None], prefect_api
                             json={"name": "cbctqa-doctor", "type": "process"}, timeout=30)
     assert created.status_code in (200, 201), created.text
     code, checks, _ = _run(capsys, "--project", P, "--skip-model", "--pool", "cbctqa-doctor")
-    assert code == 0, checks
-    assert "work pool 'cbctqa-doctor' (process)" in checks["prefect"]["detail"]
+    assert code == 0, checks  # a warning, not a failure
+    assert checks["prefect"]["status"] == "warn"
+    assert "work pool 'cbctqa-doctor' (process) has no deployments" in checks["prefect"]["detail"]
+    assert "cbctqa deploy --pool cbctqa-doctor" in checks["prefect"]["fix"]
+
+    monkeypatch.setenv("PREFECT_API_AUTH_STRING", PREFECT_AUTH)  # the client side of Prefect
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+    assert main(["deploy", "--pool", "cbctqa-doctor", "--project", P]) == 0
+    capsys.readouterr()
+    code, checks, _ = _run(capsys, "--project", P, "--skip-model", "--pool", "cbctqa-doctor")
+    assert code == 0 and checks["prefect"]["status"] == "ok", checks
+    assert "work pool 'cbctqa-doctor' (process) with 3 deployments" in checks["prefect"]["detail"]
 
     # local mode, with a Prefect server already on the configured port: nothing to start
     env(CBCTQA_PREFECT_PORT=prefect_api.rsplit(":", 1)[1].split("/")[0])
