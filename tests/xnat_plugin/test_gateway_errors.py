@@ -283,6 +283,26 @@ def test_retry_after_is_honoured_end_to_end(server: RunningServer) -> None:
     assert 2.0 <= elapsed < 4.5, elapsed
 
 
+@pytest.mark.slow
+def test_retry_after_as_an_http_date_is_honoured(server: RunningServer) -> None:
+    import email.utils
+
+    # RFC 9110 allows an HTTP-date as well as seconds; proxies in front of XNAT send dates
+    when = dt.datetime.now(dt.UTC).replace(microsecond=0) + dt.timedelta(seconds=8)
+    fault = ScriptedFault(LISTING, method="GET", times=1, status=503, body=b"maintenance",
+                          headers=(("Retry-After", email.utils.format_datetime(when, usegmt=True)),))  # fmt: skip
+    _faulty(server, fault)
+    with _connect(server, retries=2, backoff=0.001, max_backoff=10.0) as gw:
+        asked = (when - dt.datetime.now(dt.UTC)).total_seconds()  # the wait the date asks for
+        assert asked > 1.0
+        start = time.monotonic()
+        assert gw.read_assessments("ANY") == []
+        elapsed = time.monotonic() - start
+    # waited until the date, not the millisecond backoff
+    assert asked - 0.5 <= elapsed < asked + 3.0, (asked, elapsed)
+    assert server.app.faults.scripted_counts == [1]
+
+
 def test_retry_after_is_capped_by_max_backoff_and_the_budget_ends(server: RunningServer) -> None:
     fault = ScriptedFault(LISTING, method="GET", times=None, status=503, body=b"down",
                           headers=(("Retry-After", "3600"),))  # fmt: skip

@@ -34,6 +34,7 @@ write_rating, mark_failed  PUT by label + duplicate check
 from __future__ import annotations
 
 import datetime as _dt
+import email.utils
 import functools
 import hashlib
 import json
@@ -161,13 +162,23 @@ def _excerpt(text: str, limit: int = 300) -> str:
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
+    """Seconds the server asks to wait: ``Retry-After`` as seconds or as an HTTP-date."""
     raw = headers.get("Retry-After")
     if raw is None:
         return None
     try:
-        return float(raw)
+        seconds = float(raw)
     except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(raw.strip())
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=_dt.UTC)
+        seconds = (when - _dt.datetime.now(_dt.UTC)).total_seconds()
+    if seconds != seconds:  # NaN
         return None
+    return max(0.0, seconds)  # a date already past: retry now (the backoff still applies)
 
 
 def _lower_keys(row: Mapping[str, Any]) -> dict[str, str]:
