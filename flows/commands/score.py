@@ -145,11 +145,20 @@ def report(
         model, volume, method=method, batch_size=bs, device=dev, progress=progress
     )
     localisation: Any = None
+    reference_body = None
     if rtstruct is not None:
         from qa_core.localisation import localisation_flags, localise_rtstruct
 
         localisation, organ_masks = localise_rtstruct(result, volume, rtstruct)
         loc_flags = localisation_flags(localisation)
+        reference_body = organ_masks.body
+    from qa_core.errors import CbctQaError
+    from qa_core.image_checks import check_image
+
+    try:
+        checks_doc = check_image(volume, reference_body=reference_body).to_dict()
+    except CbctQaError as exc:  # too small to check: say so, the scores still stand
+        checks_doc = {"flagged": [], "checks": {}, "note": f"image checks not run: {exc}"}
     written: list[str] = []
     if overlays is not None:
         import inspect
@@ -173,6 +182,7 @@ def report(
     digest, scope = files_sha256(vprov)
     card = getattr(model, "card", {}) or {}
     doc["overlays"] = written
+    doc["image_checks"] = checks_doc
     if localisation is not None:
         for name, row in doc["categories"].items():
             loc = localisation.categories.get(name)
@@ -279,6 +289,8 @@ def run(args: argparse.Namespace) -> int:
         )
         for flag in loc["flags"]:
             print(f"outlier: {flag['category']}: {flag['reason']}")
+    for name in doc["image_checks"]["flagged"]:
+        print(f"image check: {doc['image_checks']['checks'][name]['reason']}")
     for warning in inp["warnings"]:
         print(f"warning: {warning}")
     if doc["overlays"]:

@@ -46,3 +46,20 @@ def test_passed_image_checks_leave_the_outlier_flag_unknown(scored) -> None:  # 
     )
     assert all(c.outlier is None and c.outlier_reason == "" for c in rec.categories.values())
     assert image_checks_of(Volume(hu=np.zeros((2, 8, 8), np.float32), spacing=(1, 1, 1))) is None
+
+
+@pytest.mark.slow
+def test_cli_score_reports_failed_image_checks(tmp_path, capsys) -> None:  # type: ignore[no-untyped-def]
+    import json
+
+    from flows.cli import main
+    from qa_core.dicom_writer import write_series
+
+    sim = simulate_session(7, 1, slices=16, size=96, anomaly="flip_hf")
+    write_series(sim.hu, sim.spacing, tmp_path / "dcm")
+    out = tmp_path / "r.json"
+    assert main(["score", str(tmp_path / "dcm"), "--json", str(out), "--batch-size", "16"]) == 0
+    assert "image check: the teeth and mandible lie in the lower part" in capsys.readouterr().out
+    doc = json.loads(out.read_text())
+    assert doc["image_checks"]["flagged"] == ["head_feet"]
+    assert doc["image_checks"]["checks"]["left_right"]["assessed"] is False  # no RTSTRUCT given
