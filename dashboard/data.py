@@ -35,7 +35,6 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from qa_core.categories import CATEGORIES
 from qa_core.settings import get_settings
 
 if TYPE_CHECKING:
@@ -251,49 +250,32 @@ def cohort_frame(snap: Snapshot, version: str) -> pd.DataFrame:
         if table is not None:
             cons = {(v.session, v.category): v.consensus for v in table.values}
         acks = {(k.assessor_id, k.category): k for k in snap.acknowledgements}
-        info = {s.label: s for s in snap.sessions}
+        info = {s.label: (s.acquisition_date, s.scanner, s.station or "unknown",
+                          " ".join(p for p in (s.manufacturer, s.model) if p) or "unknown")
+                for s in snap.sessions}  # fmt: skip
+        unknown = (None, "unknown", "unknown", "unknown")
+        cols = ["session", "session_id", "assessor_id", "category", "predicted", "ae", "ae_per_voxel",
+                "consensus", "outlier", "outlier_reason", "acknowledged_by", "acknowledged_at",
+                "ack_comment", "acquired", "scanner", "station", "model", "flagged_at"]  # fmt: skip
         rows = []
         for label, a in latest.items():
             if a.record.status != "complete":
                 continue
-            s = info.get(label)
-            for cat in CATEGORIES:
-                res = a.record.categories.get(cat)
-                if res is None:
-                    continue
+            acquired, scanner, station, model = info.get(label, unknown)
+            flagged_at = a.last_modified or a.insert_date
+            for cat, res in a.record.categories.items():
                 ack = acks.get((a.assessor_id, cat))
-                rows.append(
-                    {
-                        "session": label,
-                        "session_id": a.session_id,
-                        "assessor_id": a.assessor_id,
-                        "category": cat,
-                        "predicted": res.score,
-                        "ae": res.ae,
-                        "ae_per_voxel": res.ae_per_voxel,
-                        "consensus": cons.get((label, cat), math.nan),
-                        "outlier": bool(res.outlier),
-                        "outlier_reason": res.outlier_reason,
-                        "acknowledged_by": ack.by if ack else "",
-                        "acknowledged_at": pd.Timestamp(ack.at) if ack and ack.at else pd.NaT,
-                        "ack_comment": ack.comment if ack else "",
-                        "acquired": pd.Timestamp(s.acquisition_date)
-                        if s is not None and s.acquisition_date
-                        else pd.NaT,
-                        "scanner": s.scanner if s is not None else "unknown",
-                        "station": (s.station or "unknown") if s is not None else "unknown",
-                        "model": (" ".join(p for p in (s.manufacturer, s.model) if p) or "unknown")
-                        if s is not None
-                        else "unknown",
-                        "flagged_at": pd.Timestamp(a.last_modified or a.insert_date)
-                        if (a.last_modified or a.insert_date)
-                        else pd.NaT,
-                    }
-                )
-        cols = ["session", "session_id", "assessor_id", "category", "predicted", "ae", "ae_per_voxel",
-                "consensus", "outlier", "outlier_reason", "acknowledged_by", "acknowledged_at",
-                "ack_comment", "acquired", "scanner", "station", "model", "flagged_at"]  # fmt: skip
-        return pd.DataFrame(rows, columns=cols)
+                rows.append((label, a.session_id, a.assessor_id, cat, res.score, res.ae, res.ae_per_voxel,
+                             cons.get((label, cat), math.nan), bool(res.outlier), res.outlier_reason,
+                             ack.by if ack else "", ack.at if ack else None, ack.comment if ack else "",
+                             acquired, scanner, station, model, flagged_at))  # fmt: skip
+        frame = pd.DataFrame.from_records(rows, columns=cols)
+        for col in ("acknowledged_at", "acquired", "flagged_at"):
+            frame[col] = pd.to_datetime(frame[col], utc=False, errors="coerce") if len(frame) else frame[col]
+        for col in ("predicted", "ae", "ae_per_voxel", "consensus"):
+            frame[col] = frame[col].astype(float)
+        frame["outlier"] = frame["outlier"].astype(bool)
+        return frame
 
     frame: pd.DataFrame = snap.memo(f"cohort|{version}", build)
     return frame

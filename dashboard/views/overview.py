@@ -81,7 +81,8 @@ STUDY_COLUMNS = ["category", "n", "ρ", "p (t)", "LOO median ρ", "LOO median p"
 
 
 def _scatter(frame: pd.DataFrame, category: str) -> Any:
-    sub = frame[(frame["category"] == category) & frame["consensus"].notna()].copy()
+    sub = frame.loc[(frame["category"] == category) & frame["consensus"].notna(),
+                    ["session", "consensus", "ae", "predicted", "scanner", "outlier"]].copy()
     sub["flag"] = sub["outlier"].map({True: "outlier", False: "typical"})
     pick = alt.selection_point(fields=["session"], name="pick", on="click")
     return (
