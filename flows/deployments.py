@@ -199,6 +199,10 @@ class ServeHandle:
         for worker in self.workers:
             worker.stop(wait=True)
         close_worker_gateways()
+        with contextlib.suppress(Exception):  # send the runs' last log lines before the server goes
+            from prefect.logging.handlers import APILogWorker
+
+            APILogWorker.drain_all(timeout=5)
         self._stack.close()
 
     def __enter__(self) -> ServeHandle:

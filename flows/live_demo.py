@@ -170,7 +170,6 @@ class LiveDemo:
         try:
             self._start_xnat()
             self._start_service()
-            self._start_feed()
             if self.dashboard_port is not None:
                 self._start_dashboard(self.dashboard_port)
         except BaseException:
@@ -215,7 +214,8 @@ class LiveDemo:
             ui=self.ui,
         )
 
-    def _start_feed(self) -> None:
+    def start_arrivals(self) -> None:
+        """Start sending the cohort into XNAT (after :meth:`start`)."""
         from flows.events import archived_event_body, post_session_archived
 
         assert self.service is not None and self.xnat is not None

@@ -207,6 +207,7 @@ def run(args: argparse.Namespace) -> int:
             if not demo.dashboard_ready():
                 print(f"the dashboard did not start; see {out / 'dashboard.log'}", file=sys.stderr)
             _print_access(demo, dashboard=True)
+            demo.start_arrivals()
             last = (-1, -1)
 
             def show(p: DemoProgress) -> None:
@@ -222,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
                 pass
             return 0
         _print_access(demo, dashboard=False)
+        demo.start_arrivals()
         progress = demo.wait_until_done(version, timeout=args.timeout, stop=stop)
         if progress.scored < n or progress.report_sessions < n:
             print(f"\ngave up after {args.timeout:.0f} s: {progress.scored}/{n} sessions scored, "
