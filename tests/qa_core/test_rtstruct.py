@@ -126,7 +126,7 @@ def test_simulator_session_rtstruct_within_one_voxel(tmp_path: Path) -> None:
 
 def test_rt_utils_structure_set_reads_back_within_one_voxel(tmp_path: Path) -> None:
     """An independent writer (rt-utils, OpenCV contours through boundary voxel centres)."""
-    rt_utils = pytest.importorskip("rt_utils")
+    import rt_utils  # a test dependency (pyproject [test]): never skipped
     shape = (8, 40, 48)
     hu = np.full(shape, -1000.0, dtype=np.float32)
     body = _ellipse(shape, (20, 24), (17, 21), range(8))
