@@ -229,7 +229,7 @@ def assessment_record(
 
     card: dict[str, Any] = getattr(model, "card", None) or {}
     image_reason = (
-        "; ".join(f"{IMAGE_CHECK_PREFIX} {r}" for r in image_checks.reasons)[:1000]
+        "; ".join(f"{IMAGE_CHECK_PREFIX} {_clause(r)}" for r in image_checks.reasons)[:1000]
         if image_checks is not None
         else ""
     )
@@ -238,7 +238,8 @@ def assessment_record(
         from qa_core.localisation import localisation_flags
 
         loc_reason = {
-            f.category: f"{LOCALISATION_PREFIX} {f.reason}" for f in localisation_flags(localisation)
+            f.category: f"{LOCALISATION_PREFIX} {_clause(f.reason)}"
+            for f in localisation_flags(localisation)
         }
 
     def reason(c: str) -> str:
@@ -275,6 +276,12 @@ def assessment_record(
             for c in result.categories
         },
     )
+
+
+def _clause(reason: str) -> str:
+    """One reason as one clause of an outlier reason: reasons are joined, and split again, on
+    ``"; "``, so a reason's own semicolons become commas (else its tail would be lost)."""
+    return reason.replace("; ", ", ").strip()
 
 
 def image_checks_of(volume: Volume, session_label: str = "") -> ImageCheckReport | None:
@@ -610,7 +617,7 @@ def write_outlier_flags(
     predicted = {a.session_label: {c: r.score for c, r in a.record.categories.items()} for a in done}
     ae = {a.session_label: {c: r.ae for c, r in a.record.categories.items()} for a in done}
     for alert in alerts_from_analysis(analysis.results, predicted, ae):
-        flags.setdefault((alert.session, alert.category), []).append(alert.reason)
+        flags.setdefault((alert.session, alert.category), []).append(_clause(alert.reason))
     updated = 0
     for a in assessments:
         rec = a.record

@@ -313,3 +313,13 @@ def test_write_outlier_flags_is_idempotent(project, model, tmp_path) -> None:
         # a second pass over the re-read assessments changes nothing
         again = [a for a in gw.read_assessments(PROJECT) if a.record.status == "complete"]
         assert write_outlier_flags(gw, analysis, again, sessions) == 0
+
+
+def test_a_reason_with_its_own_semicolons_survives_the_round_trip() -> None:
+    """Reasons are joined and split on '; ': a reason's own '; ' must not cut it in two."""
+    from flows.scoring import _clause
+
+    reason = "map falls outside the larynx (limit 50%; chance 12%)"
+    joined = "; ".join([_clause(reason), "image check: motion"])
+    parts = joined.split("; ")
+    assert parts == ["map falls outside the larynx (limit 50%, chance 12%)", "image check: motion"]
