@@ -82,12 +82,14 @@ def run(args: argparse.Namespace) -> int:
             "(e.g. http://prefect-server:4200/api); on a single machine use `cbctqa serve`"
         )
     from flows.deployments import build_deployments, register_deployments
+    from flows.prefect_server import prefect_api
 
-    pool_state = ensure_work_pool(args.pool)
     interval = args.poll_interval or settings.poll_interval_s
-    deployments = build_deployments(projects, poll_interval=interval, work_pool=args.pool,
-                                    module_entrypoints=True)  # fmt: skip
-    registered = register_deployments(deployments, work_pool=args.pool)
+    with prefect_api():  # Prefect's client settings follow PREFECT_API_URL as it is now
+        pool_state = ensure_work_pool(args.pool)
+        deployments = build_deployments(projects, poll_interval=interval, work_pool=args.pool,
+                                        module_entrypoints=True)  # fmt: skip
+        registered = register_deployments(deployments, work_pool=args.pool)
     print(f"Prefect API {redact(api)}: work pool {args.pool!r} ({pool_state}, type process)")
     for dep, (dep_id, flow) in zip(deployments, registered.items(), strict=True):
         print(f"  {flow.name}/{dep.name}  {dep_id}  entrypoint {dep.entrypoint}")
