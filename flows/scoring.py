@@ -219,7 +219,8 @@ def assessment_record(
 
     Cohort outlier flags are not known yet (``None``), except that a failed image check
     (:func:`qa_core.image_checks.check_image`: orientation, field of view, HU calibration,
-    body part, metal, motion) flags every category with its plain reason, prefixed
+    body part, metal, motion) flags the ``overall`` category (one alert per session: the
+    reason says every score is affected) with its plain reason, prefixed
     ``image check:`` (:data:`IMAGE_CHECK_PREFIX`). With ``localisation`` (the session's
     RTSTRUCT), each category carries ``ae_in_region``, ``region_share`` and
     ``pointing_hit_rate``, and a category whose map falls mostly outside its organ is flagged
@@ -243,7 +244,9 @@ def assessment_record(
         }
 
     def reason(c: str) -> str:
-        return "; ".join(r for r in (image_reason, loc_reason.get(c, "")) if r)[:1000]
+        # an image problem is one alert (on ``overall``), not one per category
+        image = image_reason if c == "overall" else ""
+        return "; ".join(r for r in (image, loc_reason.get(c, "")) if r)[:1000]
 
     def loc(c: str, name: str) -> float:
         cl = localisation.categories.get(c) if localisation is not None else None
