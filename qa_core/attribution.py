@@ -24,12 +24,19 @@ shipped model), because each source cell's weights add up to the factor per axis
 
 Speed
 -----
-One forward pass per slice batch serves all five categories. A forward hook on the target
-layer replaces its output by a detached copy that requires grad, and every parameter's
-``requires_grad`` is switched off for the duration, so autograd records only the layers
-*after* the target layer. The five outputs are differentiated with respect to that leaf in
-one batched backward (``is_grads_batched=True`` over one-hot ``grad_outputs``): no
-parameter gradients and no backward through the convolutions below the target.
+One forward pass per slice batch serves all five categories. The pass is entered under
+``torch.no_grad()``, so the layers *below* the target layer run exactly as in a forward-only
+pass (no autograd bookkeeping); a forward hook on the target layer replaces its output by a
+detached copy that requires grad and switches grad mode on, so autograd records only the
+layers *after* the target layer (every parameter's ``requires_grad`` is off for the
+duration). The five outputs are differentiated with respect to that leaf in one batched
+backward (``is_grads_batched=True`` over one-hot ``grad_outputs``, a vector-Jacobian product
+vmapped over the categories): no parameter gradients and no backward through the
+convolutions below the target. What attribution adds to a forward pass is therefore the
+head's backward and the channel weighting; ``benchmarks/bench_attribution.py`` measures it
+end to end from a :class:`~qa_core.volume.Volume` against the fastest forward-only pass and
+against pytorch-grad-cam's public API. ``batch_size=None`` picks the measured per-device
+default (:func:`default_batch_size`).
 
 Methods
 -------
@@ -73,12 +80,14 @@ from qa_core.errors import AttributionError
 from qa_core.volume import Volume
 
 __all__ = [
+    "DEFAULT_BATCH_SIZE",
     "METHODS",
     "WEIGHTINGS",
     "AttributionResult",
     "attribute_slices",
     "attribute_volume",
     "attribution_mode",
+    "default_batch_size",
     "raw_cam",
 ]
 
@@ -97,6 +106,11 @@ _CLASS_NAMES: Final[dict[str, str]] = {
 #: Where the channel weighting runs: ``auto`` (numpy on CPU, torch on CUDA), ``numpy``
 #: (pytorch-grad-cam's own code) or ``torch`` (its formulas ported to torch, on the device).
 WEIGHTINGS: Final[tuple[str, ...]] = ("auto", "numpy", "torch")
+
+#: Default slices per batch by device type, chosen by measurement (``python
+#: benchmarks/bench_attribution.py --sweep``: end-to-end time of :func:`attribute_volume` over
+#: batch sizes, 160 slices). See :func:`default_batch_size`.
+DEFAULT_BATCH_SIZE: Final[Mapping[str, int]] = {"cpu": 16, "cuda": 128}
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -394,10 +408,18 @@ def attribution_mode(model: nn.Module) -> Iterator[nn.Module]:
 
 
 @contextmanager
-def _capture(target: nn.Module, name: str) -> Iterator[list[torch.Tensor]]:
+def _capture(
+    target: nn.Module, name: str, head_threads: int | None = None
+) -> Iterator[list[torch.Tensor]]:
     """Forward hook that cuts the graph at ``target``: its output is replaced by a leaf
     that requires grad (a clone of it is passed on, so in-place layers after the target
-    cannot overwrite the captured activations). The hook is removed on exit."""
+    cannot overwrite the captured activations), and grad mode is switched on from there.
+
+    The forward pass is entered under ``torch.no_grad()``, so the layers *below* the target
+    run without autograd bookkeeping, exactly as in a forward-only pass; the hook turns grad
+    mode on for the layers after the target, and leaving the ``no_grad`` block restores the
+    caller's mode. With ``head_threads`` it also sets torch's intra-op threads for what
+    follows (the caller restores them). The hook is removed on exit."""
     captured: list[torch.Tensor] = []
 
     def hook(module: nn.Module, inputs: Any, output: Any) -> torch.Tensor:
@@ -412,6 +434,9 @@ def _capture(target: nn.Module, name: str) -> Iterator[list[torch.Tensor]]:
             )
         leaf = output.detach().requires_grad_(True)
         captured.append(leaf)
+        torch.set_grad_enabled(True)  # only the layers after the target are recorded
+        if head_threads is not None:
+            torch.set_num_threads(head_threads)
         return leaf.clone()
 
     handle = target.register_forward_hook(hook)
@@ -436,6 +461,21 @@ def _model_device(model: nn.Module) -> torch.device:
     for p in model.parameters():
         return p.device
     return torch.device("cpu")
+
+
+def default_batch_size(device: torch.device | str) -> int:
+    """Slices per batch used when ``batch_size=None``: :data:`DEFAULT_BATCH_SIZE` for the
+    device type (``cpu``, ``cuda``; others use the CPU value).
+
+    CPU, 16 (measured, 2-core AMD EPYC, torch 2.14, shipped model): a batch's layer outputs
+    then stay within the cache (a 128 × 128 slice's first block writes 1 MiB per layer), and
+    both the forward-only pass and attribution are fastest there; at 32 and above the
+    per-slice time grows again, at 8 and below the per-batch overhead of the backward shows.
+    CUDA, 128: large batches keep the GPU busy (kernel launches dominate small batches);
+    peak memory stays under 0.5 GiB for the shipped model.
+    """
+    dev = torch.device(device)
+    return DEFAULT_BATCH_SIZE.get(dev.type, DEFAULT_BATCH_SIZE["cpu"])
 
 
 def _gradients(y: torch.Tensor, leaf: torch.Tensor, layer_name: str) -> torch.Tensor:
@@ -469,7 +509,7 @@ def attribute_slices(
     x: torch.Tensor,
     *,
     method: str = "gradcam",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     target_layer: nn.Module | str | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,
@@ -491,6 +531,7 @@ def attribute_slices(
         One of :data:`METHODS`.
     batch_size:
         Slices per forward/backward pass; memory beyond the result is O(batch_size).
+        ``None`` (default) uses :func:`default_batch_size` for the device it runs on.
     target_layer:
         Override of ``model.target_layer``: a submodule or its dotted name.
     device:
@@ -519,7 +560,7 @@ def attribute_slices(
         raise AttributionError(
             f"unknown weighting {weighting!r}; expected one of {', '.join(WEIGHTINGS)}"
         )
-    if not isinstance(batch_size, int) or batch_size < 1:
+    if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
         raise AttributionError(f"batch_size must be a positive integer; got {batch_size!r}")
     if not isinstance(x, torch.Tensor):
         raise AttributionError(
@@ -538,14 +579,24 @@ def attribute_slices(
     moved = run_device != original_device
     if weighting == "auto":
         weighting = "torch" if run_device.type == "cuda" else "numpy"
+    if batch_size is None:
+        batch_size = default_batch_size(run_device)
     if moved:
         model.to(run_device)
 
     cams: FloatArray | None = None
     slice_scores = np.empty((k_cat, n), dtype=np.float32)
     starts = range(0, n, batch_size)
+    threads = torch.get_num_threads()
+    # On CPU the layers after the target, their backward and the weighting are many small
+    # operations; with more than one intra-op thread each one synchronises the threads, which
+    # costs more than it saves (and a whole scheduler slice when the machine is busy).
+    head_threads = 1 if run_device.type == "cpu" and threads > 1 else None
     try:
-        with attribution_mode(model), _capture(module, layer_name) as captured:
+        with (
+            attribution_mode(model),
+            _capture(module, layer_name, head_threads) as captured,
+        ):
             iterator: Any = starts
             if progress:
                 from tqdm.auto import tqdm
@@ -555,7 +606,8 @@ def attribute_slices(
                 e = min(s + batch_size, n)
                 xb = x[s:e].to(run_device, dtype=torch.float32, non_blocking=True)
                 captured.clear()
-                with torch.inference_mode(False), torch.enable_grad():
+                with torch.inference_mode(False), torch.no_grad():
+                    # The hook turns grad mode on after the target layer (and the threads down).
                     y = model(xb)
                     if len(captured) != 1:
                         raise AttributionError(
@@ -583,7 +635,11 @@ def attribute_slices(
                 slice_scores[:, s:e] = y.detach().float().cpu().numpy().T
                 captured.clear()
                 del y, g, leaf
+                if head_threads is not None:
+                    torch.set_num_threads(threads)
     finally:
+        if head_threads is not None:
+            torch.set_num_threads(threads)
         if moved:
             model.to(original_device)
 
@@ -637,7 +693,7 @@ def attribute_volume(
     volume: Volume | torch.Tensor,
     *,
     method: str = "gradcam",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     target_layer: nn.Module | str | None = None,
     device: torch.device | str | None = None,
     progress: bool = False,

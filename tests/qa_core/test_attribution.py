@@ -18,11 +18,13 @@ from torch import nn
 
 import qa_core
 from qa_core.attribution import (
+    DEFAULT_BATCH_SIZE,
     METHODS,
     AttributionResult,
     attribute_slices,
     attribute_volume,
     attribution_mode,
+    default_batch_size,
     raw_cam,
 )
 from qa_core.categories import CATEGORIES
@@ -465,7 +467,7 @@ def test_peak_memory_does_not_grow_with_slices_beyond_result() -> None:
             capture_output=True,
             text=True,
             check=True,
-            timeout=120,
+            timeout=600,  # generous: importing torch and pytorch-grad-cam on a busy CI
         )
         cams_bytes, peak, _ = (int(v) for v in out.stdout.split())
         peaks[n] = (cams_bytes, peak)
@@ -474,3 +476,136 @@ def test_peak_memory_does_not_grow_with_slices_beyond_result() -> None:
     growth = peaks[400][1] - peaks[40][1]
     slack = 8 * 2**20  # allocator and interpreter noise
     assert growth <= result_growth + input_growth + slack, (growth, result_growth, input_growth)
+
+
+def test_layers_below_target_run_without_autograd_and_grad_mode_is_restored() -> None:
+    """The trunk (layers before the target) runs with grad mode off, as in a forward-only
+    pass; the layers after it run with grad mode on; the caller's mode is unchanged."""
+    model = TinyNet()
+    seen: dict[str, list[bool]] = {"first_conv": [], "fc": []}
+    handles = [
+        model.features[0].register_forward_hook(
+            lambda *_: seen["first_conv"].append(torch.is_grad_enabled())
+        ),
+        model.fc.register_forward_hook(lambda *_: seen["fc"].append(torch.is_grad_enabled())),
+    ]
+    try:
+        attribute_slices(model, _slices(5), batch_size=2)
+        assert seen == {"first_conv": [False] * 3, "fc": [True] * 3}
+        assert torch.is_grad_enabled()
+        with torch.no_grad():
+            result = attribute_slices(model, _slices(2))
+            assert not torch.is_grad_enabled()
+        assert result.cams.max() > 0  # gradients were still taken inside the call
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def test_target_layer_run_twice_raises_and_releases() -> None:
+    class Twice(TinyNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = self.features(x)
+            a = self.features[5](a)  # the target ReLU a second time
+            return self.fc(self.pool(a).flatten(1))
+
+    model = Twice().train()
+    with pytest.raises(AttributionError, match=r"'features\.5' ran 2 times in one forward pass"):
+        attribute_slices(model, _slices(3))
+    assert len(model.target_layer._forward_hooks) == 0
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert torch.is_grad_enabled()
+
+
+def test_non_4d_target_raises() -> None:
+    model = TinyNet()
+    with pytest.raises(
+        AttributionError, match=r"'fc' output has shape \(3, 5\); expected \(B, C, h, w\)"
+    ):
+        attribute_slices(model, _slices(3), target_layer="fc")
+    assert len(model.fc._forward_hooks) == 0
+    assert torch.is_grad_enabled()
+
+
+class _HostSyncInBackward(torch.autograd.Function):
+    """Identity whose backward reads a value on the host (``.item()``): fine in a plain
+    backward, impossible under vmap, so the batched backward (is_grads_batched) fails."""
+
+    @staticmethod
+    def forward(ctx: Any, t: torch.Tensor) -> torch.Tensor:
+        return t.clone()
+
+    @staticmethod
+    def backward(ctx: Any, g: torch.Tensor) -> torch.Tensor:
+        scale = 1.0 if float(g.abs().max().item()) >= 0 else 0.0
+        return g * scale
+
+
+def test_failed_batched_backward_raises_clear_error() -> None:
+    class NoVmap(TinyNet):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            a = _HostSyncInBackward.apply(self.features(x))
+            return self.fc(self.pool(a).flatten(1))
+
+    model = NoVmap().train()
+    x = _slices(2)
+    # A plain (unbatched) backward through the same model works: the failure is the vmap.
+    leaf = x.clone().requires_grad_()
+    model.eval()(leaf)[:, 0].sum().backward()
+    assert leaf.grad is not None
+    model.zero_grad(set_to_none=True)
+    model.train()
+    with pytest.raises(
+        AttributionError,
+        match=r"batched backward from the scores to target layer 'features\.5' failed .*vmap",
+    ) as info:
+        attribute_slices(model, x)
+    assert isinstance(info.value.__cause__, RuntimeError)
+    assert len(model.target_layer._forward_hooks) == 0
+    assert model.training and all(p.requires_grad for p in model.parameters())
+    assert torch.is_grad_enabled()
+
+
+def test_default_batch_size_is_per_device_and_used_when_none() -> None:
+    assert default_batch_size("cpu") == DEFAULT_BATCH_SIZE["cpu"]
+    assert default_batch_size(torch.device("cuda", 0)) == DEFAULT_BATCH_SIZE["cuda"]
+    assert default_batch_size("meta") == DEFAULT_BATCH_SIZE["cpu"]  # other types: CPU value
+    model = TinyNet()
+    x = _slices(DEFAULT_BATCH_SIZE["cpu"] + 3)
+    auto = attribute_slices(model, x)
+    assert auto.provenance["batch_size"] == DEFAULT_BATCH_SIZE["cpu"]
+    explicit = attribute_slices(model, x, batch_size=5)
+    assert explicit.provenance["batch_size"] == 5
+    np.testing.assert_allclose(auto.cams, explicit.cams, rtol=1e-5, atol=1e-7)
+    for bad in (0, -1, 2.5):
+        with pytest.raises(AttributionError, match="batch_size must be a positive integer"):
+            attribute_slices(model, x, batch_size=bad)  # type: ignore[arg-type]
+
+
+def test_intra_op_threads_restored_after_call_and_error() -> None:
+    """On CPU the layers after the target run with one intra-op thread; the caller's thread
+    count comes back after every batch, after the call and after an error."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        seen: list[int] = []
+        model = TinyNet()
+        handle = model.fc.register_forward_hook(lambda *_: seen.append(torch.get_num_threads()))
+        first = model.features[0].register_forward_hook(
+            lambda *_: seen.append(-torch.get_num_threads())
+        )
+        attribute_slices(model, _slices(4), batch_size=2)
+        handle.remove()
+        first.remove()
+        assert seen == [-2, 1, -2, 1]  # trunk with 2 threads, head with 1, per batch
+        assert torch.get_num_threads() == 2
+
+        class ThreeScores(TinyNet):  # fails after the hook has lowered the threads
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                return super().forward(x)[:, :3]
+
+        with pytest.raises(AttributionError, match=r"expected \(2, 5\)"):
+            attribute_slices(ThreeScores(), _slices(2))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -216,3 +217,37 @@ def test_predict_volume_shape_and_mode_restored() -> None:
     assert np.allclose(y, y[0])
     with pytest.raises(ModelContractError, match="batch_size"):
         predict_volume(model, vol, batch_size=0)
+
+
+def test_predict_volume_equals_plain_forward_pass() -> None:
+    """predict_volume = the model's own forward on model.preprocess(volume), in eval mode,
+    for any batch size; and a model in train mode would give other numbers (BatchNorm with
+    batch statistics), so the comparison can tell eval from train."""
+    model = _tiny(seed=4)
+    with torch.no_grad():  # give BatchNorm running statistics that differ from a batch's
+        for m in model.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 2.0)
+    rng = np.random.default_rng(8)
+    hu = rng.normal(0.0, 300.0, (7, 48, 40)).astype(np.float32)  # non-square: padded
+    hu[:, 10:38, 8:32] += np.linspace(-400, 800, 7, dtype=np.float32)[:, None, None]
+    vol = Volume(hu=hu, spacing=(2.0, 1.0, 1.0))
+    model.train()
+    x = model.preprocess(vol)
+    with torch.no_grad():
+        expected = model.eval()(x).numpy()
+        # on a copy: a train-mode pass updates BatchNorm's running statistics
+        in_train_mode = copy.deepcopy(model).train()(x).numpy()
+    model.train()
+    assert np.abs(expected - in_train_mode).max() > 1e-3  # the check below can fail
+    for bs in (1, 3, 7, 64):
+        got = predict_volume(model, vol, batch_size=bs)
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+        assert model.training  # restored each time
+    # Each row depends on its own slice only: a permuted volume permutes the rows.
+    order = rng.permutation(7)
+    permuted = Volume(hu=hu[order], spacing=(2.0, 1.0, 1.0))
+    np.testing.assert_allclose(
+        predict_volume(model, permuted, batch_size=2), expected[order], rtol=1e-5, atol=1e-6
+    )
