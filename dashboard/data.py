@@ -166,13 +166,9 @@ def consensus_table(snap: Snapshot) -> Any:
     """``qa_core.consensus.ConsensusTable`` of the snapshot's ratings, or ``None`` without ratings."""
 
     def build() -> Any:
-        from qa_core.consensus import consensus_from_ratings
+        from qa_core.consensus import RatingRow, consensus_from_ratings
 
-        rows = [
-            {"session": r.session_label, "rater": r.rater, "category": c, "score": s}
-            for r in snap.ratings
-            for c, s in r.scores.items()
-        ]
+        rows = [RatingRow(r.session_label, r.rater, c, float(s)) for r in snap.ratings for c, s in r.scores.items()]
         return consensus_from_ratings(rows) if rows else None
 
     return snap.memo("consensus", build)
