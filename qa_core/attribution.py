@@ -110,7 +110,7 @@ WEIGHTINGS: Final[tuple[str, ...]] = ("auto", "numpy", "torch")
 #: Default slices per batch by device type, chosen by measurement (``python
 #: benchmarks/bench_attribution.py --sweep``: end-to-end time of :func:`attribute_volume` over
 #: batch sizes, 160 slices). See :func:`default_batch_size`.
-DEFAULT_BATCH_SIZE: Final[Mapping[str, int]] = {"cpu": 16, "cuda": 128}
+DEFAULT_BATCH_SIZE: Final[Mapping[str, int]] = {"cpu": 32, "cuda": 128}
 
 FloatArray = npt.NDArray[np.float32]
 
@@ -467,12 +467,16 @@ def default_batch_size(device: torch.device | str) -> int:
     """Slices per batch used when ``batch_size=None``: :data:`DEFAULT_BATCH_SIZE` for the
     device type (``cpu``, ``cuda``; others use the CPU value).
 
-    CPU, 16 (measured, 2-core AMD EPYC, torch 2.14, shipped model): a batch's layer outputs
-    then stay within the cache (a 128 × 128 slice's first block writes 1 MiB per layer), and
-    both the forward-only pass and attribution are fastest there; at 32 and above the
-    per-slice time grows again, at 8 and below the per-batch overhead of the backward shows.
-    CUDA, 128: large batches keep the GPU busy (kernel launches dominate small batches);
-    peak memory stays under 0.5 GiB for the shipped model.
+    CPU, 32 (measured with ``benchmarks/bench_attribution.py --sweep``, 160 slices of
+    256 x 256, 2-core AMD EPYC, 2 threads, torch 2.14, shipped model, machine shared with
+    other jobs): best of 5 end to end, ours took 23.4 / 8.9 / 5.6 / 5.3 s and 3.8 / 2.4 /
+    1.5 / 1.6 CPU-s at batch 8 / 16 / 32 / 64, the forward-only pass 1.8 / 1.7 CPU-s at
+    32 / 64 and more below; 32 is at the minimum for both and keeps peak memory lower than
+    64 (one slice's first block writes 1 MiB per layer). With one thread 8-16 were best.
+    CUDA, 128: not measured here (no GPU in this session); large batches keep the GPU busy
+    (kernel launches dominate small batches) and peak memory stays well under 1 GiB for
+    the shipped model. Measure on the target machine with ``--device cuda --sweep`` and
+    pass ``batch_size`` (``CBCTQA_BATCH_SIZE``) if another size wins.
     """
     dev = torch.device(device)
     return DEFAULT_BATCH_SIZE.get(dev.type, DEFAULT_BATCH_SIZE["cpu"])
