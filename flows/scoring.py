@@ -163,23 +163,23 @@ def write_products(
     first slice, then per category the predicted score and the slice's AE). ``MAPS``:
     ``cams.npz`` with the raw maps ``cams`` (K, N, h, w) float32, ``categories``, ``method``
     and ``target_layer`` (compressed). With ``organs`` (the session's RTSTRUCT masks), the
-    overlays draw each category's contoured organ when :func:`qa_core.overlays.write_overlays`
-    accepts contours.
+    overlays draw each category's contoured organ (``contours`` of
+    :func:`qa_core.overlays.write_overlays`).
     """
     import inspect
 
     from qa_core.overlays import write_overlays
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    extra: dict[str, Any] = {}
-    if organs is not None:
-        accepted = inspect.signature(write_overlays).parameters
-        if "contours" in accepted:  # each category's organ over its maps (overall: the body)
-            extra["contours"] = {
-                **organs.masks,
-                **({"overall": organs.body} if organs.body is not None else {}),
-            }
-    overlays = write_overlays(volume, result, out_dir / "overlays", top_k=top_k, **extra)
+    contours = None
+    if organs is not None:  # each category's organ over its maps (overall: the body)
+        contours = {
+            **organs.masks,
+            **({"overall": organs.body} if organs.body is not None else {}),
+        }
+    overlays = write_overlays(
+        volume, result, out_dir / "overlays", top_k=top_k, contours=contours
+    )
     cats = result.categories
     csv_path = out_dir / "slice_ae.csv"
     with csv_path.open("w", newline="", encoding="utf-8") as fh:

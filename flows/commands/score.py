@@ -165,15 +165,15 @@ def report(
 
         from qa_core.overlays import write_overlays
 
-        extra: dict[str, Any] = {}
-        if localisation is not None and "contours" in inspect.signature(write_overlays).parameters:
-            # each category's contoured organ drawn over its maps (overall: the body)
-            extra["contours"] = {
+        contours = None
+        if localisation is not None:  # each category's contoured organ (overall: the body)
+            contours = {
                 **organ_masks.masks,
                 **({"overall": organ_masks.body} if organ_masks.body is not None else {}),
             }
         written = [
-            str(p) for p in write_overlays(volume, result, overlays, top_k=top_k, **extra)
+            str(p)
+            for p in write_overlays(volume, result, overlays, top_k=top_k, contours=contours)
         ]
 
     doc = result.to_dict()
