@@ -166,8 +166,6 @@ def write_products(
     overlays draw each category's contoured organ (``contours`` of
     :func:`qa_core.overlays.write_overlays`).
     """
-    import inspect
-
     from qa_core.overlays import write_overlays
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -161,8 +161,6 @@ def report(
         checks_doc = {"flagged": [], "checks": {}, "note": f"image checks not run: {exc}"}
     written: list[str] = []
     if overlays is not None:
-        import inspect
-
         from qa_core.overlays import write_overlays
 
         contours = None
