@@ -23,6 +23,33 @@ RTSTRUCT (:mod:`qa_core.rtstruct`), per category k:
 
 ``overall`` uses the body as its region (its chance level is 1).
 
+Alerts
+------
+:func:`localisation_flags` is the *absolute* rule of one session: a category whose energy
+share is below ``min_share`` (``CBCTQA_LOCALISATION_MIN_SHARE``, 0.5) "falls mostly outside
+that organ". It is what ``cbctqa score --rtstruct`` reports (one session, no cohort).
+
+:func:`cohort_localisation_flags` is the rule the product alerts on (written by
+``flows.scoring.write_outlier_flags``, listed by ``cbctqa validate``). Per category, over the
+cohort's sessions with a contour (at least :data:`COHORT_MIN_SESSIONS`):
+
+* if the cohort's median share is ``>= min_share`` (the model normally looks at the organ),
+  a session whose share is ``< min_share`` is flagged: its map falls mostly outside the organ
+  where this model usually does not;
+* otherwise (the model does not localise on this organ for anybody: with the shipped model
+  the maps sit on the anterior body surface, a median of about 1 % of the energy in each
+  organ against a chance level of about 2 %, so the absolute rule would flag every category
+  of every session), only sessions atypical *for this model* are flagged, on the log ratio to
+  chance ``x = log((share + ε) / (region_share + ε))`` with ``ε = 1e-3``
+  (:data:`COHORT_LOG_EPS`: keeps a share of exactly 0 finite; 0.1 % of the energy is below
+  what the maps resolve), and its robust z
+  ``z = 0.6745 · (x - median(x)) / MAD(x)`` (the ``1.253314 × mean |x - median|`` scale when
+  MAD = 0, no flag when every x is equal: :func:`qa_core.outliers.robust_z`). A session is
+  flagged when ``z < -z_cut`` (default 3.5, Iglewicz & Hoaglin): its map lies even further
+  from the organ than usual. Only that direction is an alert; a map *closer* to the organ
+  than usual is not a fault. The log ratio to chance compares organs of different sizes
+  across patients (a small parotid has a smaller chance level).
+
 Geometry
 --------
 A map cell covers a block of the model's input, which is the slice square-padded (rows and
@@ -55,11 +82,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BODY_HU_THRESHOLD",
+    "COHORT_LOG_EPS",
+    "COHORT_MIN_SESSIONS",
+    "COHORT_Z_CUT",
     "CategoryLocalisation",
+    "CohortLocalisationFlag",
     "LocalisationFlag",
     "LocalisationReport",
     "body_from_image",
     "cell_coverage",
+    "cohort_localisation_flags",
     "energy_share",
     "localisation_flags",
     "localise",
@@ -72,6 +104,12 @@ __all__ = [
 BODY_HU_THRESHOLD: Final[float] = -500.0
 #: Default coverage a map cell needs to count as inside the region (pointing game).
 DEFAULT_MIN_COVERAGE: Final[float] = 0.5
+#: Fewest sessions with a contour in a category for :func:`cohort_localisation_flags`.
+COHORT_MIN_SESSIONS: Final[int] = 8
+#: ε of the log ratio to chance in :func:`cohort_localisation_flags` (a share, 0-1).
+COHORT_LOG_EPS: Final[float] = 1e-3
+#: Default robust-z cut of :func:`cohort_localisation_flags` (flag when z < -cut).
+COHORT_Z_CUT: Final[float] = 3.5
 
 F64 = npt.NDArray[np.float64]
 Mask = npt.NDArray[np.bool_]
@@ -487,6 +525,133 @@ def localisation_flags(
                 region_share=loc.region_share,
             )
         )
+    return flags
+
+
+@dataclass(frozen=True)
+class CohortLocalisationFlag:
+    """One session's category flagged by :func:`cohort_localisation_flags`.
+
+    Attributes
+    ----------
+    session:
+        Session identifier (the key of the input).
+    category:
+        Category name.
+    reason:
+        One plain sentence with the numbers.
+    rule:
+        ``"mostly_outside"`` (the model usually localises on this organ and this map does
+        not) or ``"atypical"`` (the model never localises on it; this map is further away
+        than usual).
+    ae_in_region, region_share:
+        The session's share and its chance level (0-1).
+    value:
+        The statistic compared with the limit: the share (``mostly_outside``) or the robust z
+        of the log ratio to chance (``atypical``).
+    """
+
+    session: str
+    category: str
+    reason: str
+    rule: str
+    ae_in_region: float
+    region_share: float
+    value: float
+
+
+def cohort_localisation_flags(
+    shares: Mapping[str, Mapping[str, tuple[float, float]]],
+    *,
+    min_share: float | None = None,
+    z_cut: float = COHORT_Z_CUT,
+) -> list[CohortLocalisationFlag]:
+    """Localisation alerts of a cohort: maps that fall outside the organ *for this model*.
+
+    The rule and why are in the module docstring (section Alerts): per category, when the
+    cohort's median energy share is ``>= min_share``, sessions below ``min_share`` are flagged
+    (``mostly_outside``); else sessions whose robust z of ``log((share + ε) / (chance + ε))``
+    is below ``-z_cut`` (``atypical``). A category with fewer than
+    :data:`COHORT_MIN_SESSIONS` sessions with a contour raises nothing.
+
+    Parameters
+    ----------
+    shares:
+        Session -> category -> ``(ae_in_region, region_share)`` of the cohort's complete
+        assessments; a NaN in either (no contour, or an all-zero map) leaves that session
+        out of that category.
+    min_share:
+        Share (0-1) under which a map falls mostly outside its organ; default the
+        ``CBCTQA_LOCALISATION_MIN_SHARE`` setting.
+    z_cut:
+        Robust-z cut (> 0) of the ``atypical`` rule.
+
+    Returns
+    -------
+    list of CohortLocalisationFlag
+        In category order (:data:`qa_core.categories.CATEGORIES`), then input session order.
+
+    Raises
+    ------
+    AttributionError
+        ``min_share`` outside [0, 1] or ``z_cut`` not positive.
+    """
+    from qa_core.outliers import robust_z
+
+    if min_share is None:
+        from qa_core.settings import get_settings
+
+        min_share = get_settings().localisation_min_share
+    if not (0.0 <= min_share <= 1.0):
+        raise AttributionError(f"min_share must be in [0, 1]; got {min_share}")
+    if not (z_cut > 0.0 and math.isfinite(z_cut)):
+        raise AttributionError(f"z_cut must be a positive number; got {z_cut}")
+    eps = COHORT_LOG_EPS
+    cats = list(CATEGORIES) + sorted({c for v in shares.values() for c in v} - set(CATEGORIES))
+    flags: list[CohortLocalisationFlag] = []
+    for cat in cats:
+        rows = [
+            (str(session), float(per[cat][0]), float(per[cat][1]))
+            for session, per in shares.items()
+            if cat in per
+            and math.isfinite(float(per[cat][0]))
+            and math.isfinite(float(per[cat][1]))
+        ]
+        if len(rows) < COHORT_MIN_SESSIONS:
+            continue
+        share = np.array([r[1] for r in rows], dtype=np.float64)
+        chance = np.array([r[2] for r in rows], dtype=np.float64)
+        organ = "the body" if cat == "overall" else f"the contoured {cat}"
+        usual = float(np.median(share))
+        if usual >= min_share:
+            for session, s, c in rows:
+                if s < min_share:
+                    flags.append(
+                        CohortLocalisationFlag(
+                            session, cat,
+                            f"attribution map falls mostly outside {organ}: {s:.0%} of the map's "
+                            f"energy inside, where this model usually puts {usual:.0%} "
+                            f"(limit {min_share:.0%})",
+                            "mostly_outside", s, c, s,
+                        )
+                    )  # fmt: skip
+            continue
+        x = np.log((share + eps) / (np.clip(chance, 0.0, None) + eps))
+        rz = robust_z(x, name=f"{cat} log energy share over chance")
+        if rz.method == "none":
+            continue
+        for (session, s, c), z in zip(rows, rz.z, strict=True):
+            if z < -z_cut:
+                flags.append(
+                    CohortLocalisationFlag(
+                        session, cat,
+                        f"attribution map lies even further from {organ} than usual for this "
+                        f"model: {s:.1%} of the map's energy inside (chance level {c:.1%}), "
+                        f"where this model usually puts {usual:.1%} (robust z {z:.1f}, "
+                        f"limit -{z_cut:g})",
+                        "atypical", s, c, float(z),
+                    )
+                )  # fmt: skip
     return flags
 
 

@@ -13,6 +13,7 @@ from qa_core.errors import AttributionError
 from qa_core.localisation import (
     body_from_image,
     cell_coverage,
+    cohort_localisation_flags,
     energy_share,
     localisation_flags,
     localise,
@@ -176,3 +177,68 @@ def test_localise_body_from_image_and_errors() -> None:
         localise(_result(cams), {"mandible": region[:2]}, body=region[:2])
     with pytest.raises(AttributionError, match="body mask is empty"):
         localise(_result(cams), {"mandible": region}, body=np.zeros_like(region))
+
+
+# --- cohort rule -----------------------------------------------------------------------------
+
+
+def _cohort(
+    shares: list[float], chance: float = 0.02, cat: str = "parotid"
+) -> dict[str, dict[str, tuple[float, float]]]:
+    return {f"S{i:02d}": {cat: (s, chance)} for i, s in enumerate(shares)}
+
+
+def test_cohort_flags_where_the_model_localises_only_the_case_that_does_not() -> None:
+    # median share 0.7 >= 0.5: the absolute rule applies, only S03 (0.2) falls outside
+    shares = [0.7, 0.72, 0.68, 0.2, 0.75, 0.69, 0.71, 0.66, 0.73]
+    flags = cohort_localisation_flags(_cohort(shares), min_share=0.5)
+    assert [(f.session, f.category, f.rule) for f in flags] == [("S03", "parotid", "mostly_outside")]
+    assert flags[0].value == pytest.approx(0.2) and flags[0].region_share == 0.02
+    assert "falls mostly outside the contoured parotid: 20% of the map's energy inside" in flags[0].reason
+    assert "usually puts 70%" in flags[0].reason and "limit 50%" in flags[0].reason
+
+
+def test_cohort_flags_where_nobody_localises_only_the_extreme_case() -> None:
+    # every share below 0.5 (the absolute rule would flag all 10): only the extreme S09 is flagged
+    shares = [0.010, 0.012, 0.008, 0.011, 0.009, 0.010, 0.013, 0.010, 0.011, 0.0]
+    cohort = _cohort(shares)
+    cohort["S10"] = {"parotid": (math.nan, math.nan), "larynx": (0.01, 0.01)}  # no parotid contour
+    flags = cohort_localisation_flags(cohort, min_share=0.5)
+    assert [(f.session, f.rule) for f in flags] == [("S09", "atypical")]
+    # known answer: x = log((s + 1e-3) / (0.02 + 1e-3)); median of the 10 x, MAD
+    x = np.log((np.array(shares) + 1e-3) / 0.021)
+    mad = np.median(np.abs(x - np.median(x)))
+    assert flags[0].value == pytest.approx(0.6745 * (x[-1] - np.median(x)) / mad)
+    assert flags[0].value < -3.5
+    assert "lies even further from the contoured parotid than usual for this model" in flags[0].reason
+    assert "0.0% of the map's energy inside (chance level 2.0%)" in flags[0].reason
+    # a map closer to the organ than usual is never an alert
+    closer = _cohort([*shares[:-1], 0.4])
+    assert cohort_localisation_flags(closer, min_share=0.5) == []
+
+
+def test_cohort_needs_eight_sessions_with_contours() -> None:
+    shares = [0.010, 0.012, 0.008, 0.011, 0.009, 0.010, 0.0]  # 7 sessions
+    assert cohort_localisation_flags(_cohort(shares), min_share=0.5) == []
+    seven = _cohort([0.7] * 6 + [0.1])
+    seven["S07"] = {"parotid": (math.nan, 0.02)}  # all-zero map: not counted
+    assert cohort_localisation_flags(seven, min_share=0.5) == []
+    seven["S08"] = {"parotid": (0.7, 0.02)}  # the eighth
+    assert [f.session for f in cohort_localisation_flags(seven, min_share=0.5)] == ["S06"]
+
+
+def test_cohort_mad_zero_uses_the_mean_absolute_deviation() -> None:
+    # 6 of 9 equal: MAD = 0; scale = 1.253314 * mean|x - median|
+    shares = [0.01] * 6 + [0.012, 0.009, 0.0]
+    flags = cohort_localisation_flags(_cohort(shares), min_share=0.5)
+    x = np.log((np.array(shares) + 1e-3) / 0.021)
+    scale = 1.253314 * np.mean(np.abs(x - np.median(x)))
+    z = (x - np.median(x)) / scale
+    assert [f.session for f in flags] == [f"S{i:02d}" for i in np.flatnonzero(z < -3.5)] == ["S08"]
+    assert flags[0].value == pytest.approx(z[-1])
+    # no spread at all: nothing can be flagged
+    assert cohort_localisation_flags(_cohort([0.01] * 9), min_share=0.5) == []
+    with pytest.raises(AttributionError, match="min_share"):
+        cohort_localisation_flags(_cohort(shares), min_share=-0.1)
+    with pytest.raises(AttributionError, match="z_cut"):
+        cohort_localisation_flags(_cohort(shares), min_share=0.5, z_cut=0.0)
