@@ -101,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
         model = session_flows.worker_model()  # loaded once, as a worker does
         with XnatGateway.connect(server.url, server.user, server.password) as gw:
             print(f"{'size':>5} {'mode':<18} {'sessions/min':>12} {'s/session':>10} "
-                  f"{'download':>9} {'load':>6} {'attribute':>9} {'products':>9} {'upload':>7}")  # fmt: skip
+                  f"{'select':>7} {'download':>9} {'load':>6} {'attribute':>9} {'localise':>9} "
+                  f"{'products':>9} {'upload':>7} {'other':>6}")  # fmt: skip
             for size in args.sizes:
                 # reference: plain calls, no Prefect
                 proj = f"REF{size}"
@@ -115,12 +116,14 @@ def main(argv: list[str] | None = None) -> int:
                     outs.append(score_session(gw, ref, model, workdir=work / "ref"))
                 ref_s = (time.perf_counter() - t_ref) / args.sessions
                 assert all(o.status == "complete" for o in outs), [o.error for o in outs]
-                split = {k: statistics.median(o.timings.get(k, 0.0) for o in outs)
-                         for k in ("download", "load", "attribute", "products", "upload")}  # fmt: skip
+                stages = ("select", "download", "load", "attribute", "localise", "products", "upload")
+                split = {k: statistics.median(o.timings.get(k, 0.0) for o in outs) for k in stages}
+                split["other"] = statistics.median(o.duration_s - sum(o.timings.get(k, 0.0) for k in stages)
+                                                   for o in outs)  # fmt: skip
                 print(f"{size:>5} {'reference (plain)':<18} {60 / ref_s:>12.1f} {ref_s:>10.2f} "
                       + " ".join(f"{split[k]:>{w}.2f}" for k, w in
-                                 (("download", 9), ("load", 6), ("attribute", 9),
-                                  ("products", 9), ("upload", 7))))  # fmt: skip
+                                 (("select", 7), ("download", 9), ("load", 6), ("attribute", 9),
+                                  ("localise", 9), ("products", 9), ("upload", 7), ("other", 6))))  # fmt: skip
                 per_worker: dict[int, float] = {}
                 for workers in (1, 2):
                     proj = f"PF{size}W{workers}"
@@ -134,9 +137,16 @@ def main(argv: list[str] | None = None) -> int:
                     pass_s = (t_end - t_pass) / args.sessions
                     e2e_s = (t_end - t_e2e) / args.sessions
                     per_worker[workers] = pass_s
+                    if workers == 1:  # what Prefect adds inside each run: claim→end minus the stages
+                        adds = [wall - sum(session_flows.RUN_TIMINGS.get(rid, {}).get(k, 0.0) for k in stages)
+                                for rid, wall in summary.run_seconds.items()
+                                if rid in session_flows.RUN_TIMINGS]  # fmt: skip
+                        in_run = statistics.median(adds) if adds else float("nan")
                     print(f"{size:>5} {f'prefect {workers} worker(s)':<18} {60 / pass_s:>12.1f} "
                           f"{pass_s:>10.2f}   (end to end incl. import: {60 / e2e_s:.1f}/min)")  # fmt: skip
                 over = per_worker[1] - ref_s
+                print(f"{size:>5} orchestration inside each run (claim to end minus stages, median): "
+                      f"{in_run:.3f} s/session")
                 print(f"{size:>5} orchestration (Prefect 1 worker - reference): {over:+.2f} s/session "
                       f"({per_worker[1] / ref_s:.2f}x); 2 vs 1 worker: {per_worker[1] / per_worker[2]:.2f}x; "
                       f"import {import_s:.2f} s/session; products/attribute "

@@ -48,6 +48,8 @@ class PendingSummary:
     not_retried: list[str] = field(default_factory=list)
     broken_runs: dict[str, str] = field(default_factory=dict)
     runs: list[dict[str, Any]] = field(default_factory=list)
+    run_seconds: dict[str, float] = field(default_factory=dict)
+    """Run ID → seconds from claim to final state, for the runs this process executed."""
 
     @property
     def ok(self) -> bool:
@@ -120,7 +122,7 @@ def score_pending(
     scoring = {k: f for k, f in deps.items() if f.name == "score_session"}
     limit = timeout or settings.session_timeout_s * 4
     out: dict[str, PendingSummary] = {}
-    with FlowRunWorker(scoring, workers=workers, name="cbctqa-pending"):
+    with FlowRunWorker(scoring, workers=workers, name="cbctqa-pending") as worker:
         for project in projects:
             summary = PendingSummary()
             with _gateway() as gw:
@@ -153,6 +155,8 @@ def score_pending(
                     summary.failed[s.label] = rec.failure_reason
                 elif s.label not in in_pass and rec is not None and rec.status == "failed":
                     summary.not_retried.append(s.label)
+            summary.run_seconds = {r["flow_run_id"]: worker.durations[r["flow_run_id"]]
+                                   for r in runs if r["flow_run_id"] in worker.durations}  # fmt: skip
             out[project] = summary
     close_worker_gateways()
     return out

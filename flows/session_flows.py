@@ -328,8 +328,26 @@ def score_session(
         model_version=version, scores=scores, ae=ae, assessor_id=assessor,
     )  # fmt: skip
     timings["flow"] = time.perf_counter() - t_start
+    _remember_timings(timings)
     return {**base, "status": "complete", "scan_id": scan_id, "assessor_id": assessor,
             "scores": scores, "ae": ae, "timings": timings}  # fmt: skip
+
+
+#: Stage timings of the ``score_session`` runs executed in this process, by flow-run ID (the
+#: latest 1000; read by ``benchmarks/bench_flows.py`` to split off what Prefect adds).
+RUN_TIMINGS: dict[str, dict[str, float]] = {}
+
+
+def _remember_timings(timings: dict[str, float]) -> None:
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return
+    with _LOCK:
+        RUN_TIMINGS[str(ctx.flow_run.id)] = dict(timings)
+        while len(RUN_TIMINGS) > 1000:
+            RUN_TIMINGS.pop(next(iter(RUN_TIMINGS)))
 
 
 def _already_complete(session: SessionRef, version: str) -> bool:

@@ -72,10 +72,13 @@ class FlowRunWorker:
         self._busy: dict[str, Future[Any]] = {}
         self._lock = threading.Lock()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._context = contextvars.copy_context()
         self.executed: list[str] = []
         """IDs of the runs this worker executed (in order of claiming)."""
+        self.durations: dict[str, float] = {}
+        """Run ID → seconds from claiming the run to its final state (this worker's runs)."""
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -92,6 +95,7 @@ class FlowRunWorker:
     def stop(self, wait: bool = True) -> None:
         """Stop claiming runs; with ``wait`` let the running ones finish."""
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
         self._pool.shutdown(wait=wait, cancel_futures=True)
@@ -119,7 +123,8 @@ class FlowRunWorker:
                     self.poll_once(client)
                 except Exception as exc:
                     logger.warning("%s: polling the Prefect API failed: %s", self._name, exc)
-                self._stop.wait(self._poll)
+                self._wake.wait(self._poll)  # a finished run wakes the poll at once
+                self._wake.clear()
 
     def poll_once(self, client: Any) -> int:
         """Claim and submit due runs up to the free threads; returns how many were submitted."""
@@ -179,10 +184,16 @@ class FlowRunWorker:
             self.executed.append(str(run.id))
 
     def _execute(self, flow: Flow[Any, Any], run: FlowRun) -> None:
+        t0 = time.perf_counter()
+        try:
+            self._run(flow, run, t0)
+        finally:
+            self._wake.set()
+
+    def _run(self, flow: Flow[Any, Any], run: FlowRun, t0: float) -> None:
         from prefect.client.orchestration import get_client
         from prefect.flow_engine import run_flow
 
-        t0 = time.perf_counter()
         with get_client(sync_client=True) as client:
             fresh = client.read_flow_run(run.id)
         try:
@@ -191,8 +202,11 @@ class FlowRunWorker:
             logger.error("%s: run %s (%s) crashed: %s", self._name, run.id, run.name, exc)
             self._mark_crashed(run, exc)
             return
+        wall = time.perf_counter() - t0
+        with self._lock:
+            self.durations[str(run.id)] = wall
         logger.info("%s: run %s (%s) ended %s in %.2f s", self._name, run.id, run.name,
-                    getattr(state, "type", state), time.perf_counter() - t0)  # fmt: skip
+                    getattr(state, "type", state), wall)  # fmt: skip
 
     def _mark_crashed(self, run: FlowRun, exc: BaseException) -> None:
         from prefect.client.orchestration import get_client

@@ -35,7 +35,7 @@ def _serve(api_url: str, server, scratch: Path, log: Path) -> subprocess.Popen[b
     with log.open("wb") as fh:
         return subprocess.Popen(
             [sys.executable, "-m", "flows.cli", "serve", "--project", PROJECT,
-             "--poll-interval", "5", "--workers", "2", "--no-ui"],
+             "--poll-interval", "5", "--workers", "4", "--no-ui"],
             cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
 
@@ -51,6 +51,13 @@ def test_fifty_sessions_under_faults_two_workers(
             make_session(gw, PROJECT, f"R{i:02d}", tmp_path, seed=i, slices=4, size=32)
         refs = gw.list_sessions(PROJECT)
     assert len(refs) == N_SESSIONS
+    from prefect.client.orchestration import get_client
+
+    from flows.session_flows import SCORING_LIMIT, ensure_concurrency_limits
+
+    with get_client(sync_client=True) as client:  # latency-bound: 8 sessions in flight at most
+        ensure_concurrency_limits(client)
+        client.upsert_global_concurrency_limit_by_name(SCORING_LIMIT, 8)
     injector = FaultInjector(FaultConfig(latency_ms=200, error_rate=0.10, drop_rate=0.05, seed=11))
     server.app.faults = injector
     workers = [_serve(prefect_api_url, server, tmp_path / f"w{k}", tmp_path / f"w{k}.log")
@@ -84,6 +91,8 @@ def test_fifty_sessions_under_faults_two_workers(
                 os.killpg(w.pid, signal.SIGINT)
         codes = [w.wait(timeout=120) for w in workers]
         server.app.faults = FaultInjector(FaultConfig())
+        with get_client(sync_client=True) as client:
+            client.upsert_global_concurrency_limit_by_name(SCORING_LIMIT, 2)
     assert codes == [0, 0], [(tmp_path / f"w{k}.log").read_text()[-2000:] for k in range(2)]
     with XnatGateway.connect(server.url, server.user, server.password) as gw:
         stored = gw.read_assessments(PROJECT)
