@@ -71,9 +71,9 @@ logger = logging.getLogger(__name__)
 #: :func:`write_outlier_flags`, which rewrites the cohort's statistical flags).
 IMAGE_CHECK_PREFIX = "image check:"
 
-#: Prefix of the outlier reasons written at scoring time when a category's map falls mostly
-#: outside its contoured organ (:func:`qa_core.localisation.localisation_flags`); kept by
-#: :func:`write_outlier_flags` like the image checks.
+#: Prefix of the outlier reasons of the cohort localisation rule
+#: (:func:`qa_core.localisation.cohort_localisation_flags`: a category's map falls outside its
+#: contoured organ for this model), recomputed by :func:`write_outlier_flags` on every call.
 LOCALISATION_PREFIX = "localisation:"
 
 #: Resource labels of an assessment's products.
@@ -221,8 +221,9 @@ def assessment_record(
     reason says every score is affected) with its plain reason, prefixed
     ``image check:`` (:data:`IMAGE_CHECK_PREFIX`). With ``localisation`` (the session's
     RTSTRUCT), each category carries ``ae_in_region``, ``region_share`` and
-    ``pointing_hit_rate``, and a category whose map falls mostly outside its organ is flagged
-    with that reason, prefixed ``localisation:`` (:data:`LOCALISATION_PREFIX`).
+    ``pointing_hit_rate``; whether a map falls outside its organ is a cohort question (with
+    the shipped model every map lies mostly outside every organ), so the localisation flags
+    are written by :func:`write_outlier_flags`, not here.
     """
     from xnat_plugin.gateway import AssessmentRecord, CategoryAssessment
 
@@ -232,19 +233,10 @@ def assessment_record(
         if image_checks is not None
         else ""
     )
-    loc_reason: dict[str, str] = {}
-    if localisation is not None:
-        from qa_core.localisation import localisation_flags
-
-        loc_reason = {
-            f.category: f"{LOCALISATION_PREFIX} {_clause(f.reason)}"
-            for f in localisation_flags(localisation)
-        }
 
     def reason(c: str) -> str:
         # an image problem is one alert (on ``overall``), not one per category
-        image = image_reason if c == "overall" else ""
-        return "; ".join(r for r in (image, loc_reason.get(c, "")) if r)[:1000]
+        return image_reason if c == "overall" else ""
 
     def loc(c: str, name: str) -> float:
         cl = localisation.categories.get(c) if localisation is not None else None
@@ -603,12 +595,15 @@ def write_outlier_flags(
 
     The flags are the default alerts of :func:`qa_core.outliers.alerts_from_analysis` (the
     DESIGN's residual flags after a Holm step across the session's categories, influence,
-    and attribution atypical for the prediction); reasons written at scoring time by the
-    image checks (prefix :data:`IMAGE_CHECK_PREFIX`) and by the localisation rule (prefix
-    :data:`LOCALISATION_PREFIX`) are kept. Only assessments whose flags
+    and attribution atypical for the prediction) and the cohort localisation rule
+    (:func:`qa_core.localisation.cohort_localisation_flags` over the stored ``ae_in_region``
+    and ``region_share`` of the complete assessments, prefix :data:`LOCALISATION_PREFIX`,
+    recomputed on every call); reasons written at scoring time by the image checks (prefix
+    :data:`IMAGE_CHECK_PREFIX`) are kept. Only assessments whose flags
     change are rewritten (idempotent: a second call writes nothing). Returns the number of
     assessments updated.
     """
+    from qa_core.localisation import cohort_localisation_flags
     from qa_core.outliers import alerts_from_analysis
 
     assessments = list(assessments)
@@ -619,6 +614,14 @@ def write_outlier_flags(
     ae = {a.session_label: {c: r.ae for c, r in a.record.categories.items()} for a in done}
     for alert in alerts_from_analysis(analysis.results, predicted, ae):
         flags.setdefault((alert.session, alert.category), []).append(_clause(alert.reason))
+    shares = {
+        a.session_label: {c: (r.ae_in_region, r.region_share) for c, r in a.record.categories.items()}
+        for a in done
+    }
+    for lf in cohort_localisation_flags(shares):
+        flags.setdefault((lf.session, lf.category), []).append(
+            f"{LOCALISATION_PREFIX} {_clause(lf.reason)}"
+        )
     updated = 0
     for a in assessments:
         rec = a.record
@@ -626,13 +629,13 @@ def write_outlier_flags(
             continue
         cats = dict(rec.categories)
         for cat, res in rec.categories.items():
-            if cat not in analysed:
-                continue
-            kept = [
-                r
-                for r in res.outlier_reason.split("; ")
-                if r.startswith((IMAGE_CHECK_PREFIX, LOCALISATION_PREFIX))
-            ]
+            old = [r for r in res.outlier_reason.split("; ") if r]
+            if cat in analysed:
+                kept = [r for r in old if r.startswith(IMAGE_CHECK_PREFIX)]
+            else:  # no analysis of this category: only its localisation flags are recomputed
+                kept = [r for r in old if not r.startswith(LOCALISATION_PREFIX)]
+                if kept == old and (a.session_label, cat) not in flags:
+                    continue
             reasons = kept + flags.get((a.session_label, cat), [])
             reason = "; ".join(reasons)[:1000]
             cats[cat] = replace(res, outlier=bool(reasons), outlier_reason=reason)
