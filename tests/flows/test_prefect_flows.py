@@ -140,3 +140,16 @@ def test_raised_model_version_rescores_everything_once(
     v2 = [a for a in _assessments(cohort) if a.record.model_version == "2.0.0-test"]
     assert len(v2) == n_sessions
     assert len({a.session_label for a in v2}) == n_sessions
+
+
+def test_rescore_on_request(prefect_api_url, cohort, xnat_env, capsys) -> None:
+    xnat_env(cohort)
+    assert main(["rescore", "BROKEN", "--project", PROJECT]) == 1  # bad data: fails again, clearly
+    out = capsys.readouterr().out
+    assert f"{PROJECT}/BROKEN: failed (run " in out and "TruncatedFileError" in out
+    assert main(["rescore", "GOOD1", "--project", PROJECT]) == 0
+    assert f"{PROJECT}/GOOD1: complete (run " in capsys.readouterr().out
+    labels = [a.label for a in _assessments(cohort) if a.session_label in ("GOOD1", "BROKEN")]
+    assert len(labels) == len(set(labels))  # rescoring replaces, never duplicates
+    assert main(["rescore", "NOPE", "--project", PROJECT]) == 2
+    assert "no xnat:ctSessionData session with label or ID 'NOPE'" in capsys.readouterr().err
