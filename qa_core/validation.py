@@ -65,9 +65,14 @@ class LocalisationSummary:
     pointing_hit_rate:
         Pooled pointing-game hit rate: hits over all counted slices of all sessions.
     n_flagged:
-        Sessions whose map falls mostly outside the organ (:func:`~qa_core.localisation.localisation_flags`).
+        Sessions whose map falls mostly outside the organ by the absolute rule (share below
+        ``min_share``, :func:`~qa_core.localisation.localisation_flags`): a description of
+        the model, not the alert count.
     verdict:
         One sentence in words.
+    n_alerted:
+        Sessions alerted by the cohort rule (:func:`~qa_core.localisation.cohort_localisation_flags`,
+        rows whose ``localisation_flag`` is not empty): what the product flags.
     """
 
     category: str
@@ -80,6 +85,7 @@ class LocalisationSummary:
     pointing_hit_rate: float
     n_flagged: int
     verdict: str
+    n_alerted: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (NaN -> None)."""
@@ -107,6 +113,7 @@ def summarise_localisation(rows: list[dict[str, Any]], min_share: float) -> tupl
         slices = sum(int(r.get("pointing_slices") or 0) for r in sel)
         hit_rate = hits / slices if slices else math.nan
         flagged = int(np.sum(share < min_share))
+        alerted = sum(1 for r in sel if r.get("localisation_flag"))
         med, q1, q3 = (float(np.nanpercentile(share, q)) for q in (50, 25, 75))
         med_ratio = float(np.nanmedian(ratio)) if np.isfinite(ratio).any() else math.nan
         organ = "the body" if cat == "overall" else f"the contoured {cat}"
@@ -123,7 +130,8 @@ def summarise_localisation(rows: list[dict[str, Any]], min_share: float) -> tupl
         verdict = (
             f"the map {where}: median {med:.1%} of its energy inside (chance {float(np.nanmedian(chance)):.1%}); "
             f"its maximum lies in the organ on {hit_rate:.0%} of the organ's slices; "
-            f"{flagged} of {len(sel)} sessions have maps mostly outside (< {min_share:.0%})"
+            f"{flagged} of {len(sel)} sessions have maps mostly outside (< {min_share:.0%}); "
+            f"{alerted} alerted as unusual for this model"
         )
         out.append(
             LocalisationSummary(
@@ -137,6 +145,7 @@ def summarise_localisation(rows: list[dict[str, Any]], min_share: float) -> tupl
                 pointing_hit_rate=hit_rate,
                 n_flagged=flagged,
                 verdict=verdict,
+                n_alerted=alerted,
             )
         )
     return tuple(out)
@@ -185,7 +194,9 @@ class ValidationReport:
     alerts:
         The default alerts (:func:`qa_core.outliers.session_alerts`: image checks with the
         RTSTRUCT's ``External`` as the left-right reference where there is one, attribution
-        atypical for the prediction, and the DESIGN's rules after a Holm step per session).
+        atypical for the prediction, and the DESIGN's rules after a Holm step per session),
+        plus the cohort localisation rule (rule ``localisation``:
+        :func:`qa_core.localisation.cohort_localisation_flags`), as the product writes them.
     """
 
     model: tuple[ModelAgreement, ...]
@@ -276,7 +287,7 @@ def validate_cohort(
     from qa_core.attribution import attribute_volume
     from qa_core.dicom_series import load_series
     from qa_core.image_checks import check_image
-    from qa_core.localisation import localisation_flags, localise_rtstruct
+    from qa_core.localisation import cohort_localisation_flags, localise_rtstruct
     from qa_core.rtstruct import find_rtstructs
     from qa_core.settings import get_settings
     from qa_core.training import read_rated_cohort
@@ -309,7 +320,6 @@ def validate_cohort(
                     f"session {entry.label}: no RTSTRUCT referencing series {volume.series_uid} in "
                     f"{entry.dicom_dir.parent}; ae_definition='organ' needs contours for every session"
                 )
-        flagged = {f.category: f.reason for f in localisation_flags(loc, min_share=min_share)} if loc else {}
         image_checks[entry.label] = check_image(
             volume, reference_body=None if organ_masks is None else organ_masks.body
         )
@@ -331,7 +341,7 @@ def validate_cohort(
                     pointing_hit_rate=None if math.isnan(cl.pointing_hit_rate) else cl.pointing_hit_rate,
                     pointing_hits=cl.pointing_hits,
                     pointing_slices=cl.pointing_slices,
-                    localisation_flag=flagged.get(cat, ""),
+                    localisation_flag="",  # the cohort rule, filled in below
                 )
                 if ae_definition == "organ":
                     row["ae"] = cl.organ_ae
@@ -343,6 +353,18 @@ def validate_cohort(
             rows.append(row)
         if on_session is not None:
             on_session(entry.label)
+    shares = {
+        (r["session"], r["category"]): r for r in rows if r.get("ae_in_region") is not None
+    }
+    loc_flags = cohort_localisation_flags(
+        {
+            e.label: {c: (r["ae_in_region"], r["region_share"]) for (s, c), r in shares.items() if s == e.label}
+            for e in entries
+        },
+        min_share=min_share,
+    )
+    for lf in loc_flags:
+        shares[(lf.session, lf.category)]["localisation_flag"] = lf.reason
     agreement = tuple(
         _agreement(
             cat,
@@ -361,6 +383,15 @@ def validate_cohort(
         consensus={c: [by[(s, c)]["consensus"] for s in labels] for c in CATEGORIES},
         image_checks=image_checks,
     )
+    if loc_flags:  # what write_outlier_flags adds, in session order after each session's others
+        order = {label: i for i, label in enumerate(labels)}
+        extra = [
+            SessionAlert(lf.session, lf.category, "localisation", f"{lf.category}: {lf.reason}", lf.value)
+            for lf in loc_flags
+        ]
+        alerts = tuple(
+            sorted((*alerts, *extra), key=lambda a: order.get(a.session, len(order)))
+        )
     card: dict[str, Any] = getattr(model, "card", None) or {}
     provenance = {
         "cohort": str(cohort_dir),

@@ -102,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
         )
         print(
             f"  {'category':<15}{'n':>3}  {'in organ':>9}  {'IQR':>13}  {'chance':>7}  "
-            f"{'ratio':>6}  {'pointing':>8}  {'flagged':>7}"
+            f"{'ratio':>6}  {'pointing':>8}  {'< limit':>7}  {'alerts':>6}"
         )
         for loc in report.localisation:
             iqr = f"{loc.ae_in_region_q1:.1%}-{loc.ae_in_region_q3:.1%}"
@@ -110,7 +110,8 @@ def run(args: argparse.Namespace) -> int:
             hit = "n/a" if math.isnan(loc.pointing_hit_rate) else f"{loc.pointing_hit_rate:.0%}"
             print(
                 f"  {loc.category:<15}{loc.n:>3}  {loc.ae_in_region_median:>9.1%}  {iqr:>13}  "
-                f"{loc.region_share_median:>7.1%}  {ratio:>6}  {hit:>8}  {loc.n_flagged:>7}"
+                f"{loc.region_share_median:>7.1%}  {ratio:>6}  {hit:>8}  {loc.n_flagged:>7}  "
+                f"{loc.n_alerted:>6}"
             )
         for loc in report.localisation:
             print(f"  {loc.category}: {loc.verdict}")
@@ -131,7 +132,7 @@ def _print_alerts(report: ValidationReport) -> None:
     print()
     print(
         f"Alerts (default rules: image checks, attribution vs prediction, the outliers above after a "
-        f"Holm step per session): {len(sessions)} of {n} sessions"
+        f"Holm step per session, localisation unusual for this model): {len(sessions)} of {n} sessions"
         + ("" if sessions else ", none")
     )
     for a in report.alerts:

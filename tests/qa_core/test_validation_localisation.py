@@ -70,6 +70,9 @@ def test_summary_known_answer() -> None:
     assert s.ae_in_region_median == pytest.approx(0.45) and s.ratio_median == pytest.approx(4.5)
     assert s.pointing_hit_rate == pytest.approx(9 / 16) and s.n_flagged == 2
     assert "well above chance" in s.verdict
+    assert s.n_alerted == 0 and "0 alerted as unusual for this model" in s.verdict
+    rows[0]["localisation_flag"] = "attribution map falls mostly outside the contoured larynx"
+    assert summarise_localisation(rows, min_share=0.5)[0].n_alerted == 1
     assert math.isnan(summarise_localisation(
         [{"category": "parotid", "ae_in_region": 0.0, "region_share": 0.0}], 0.5)[0].ratio_median)
 
