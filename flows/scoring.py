@@ -337,7 +337,7 @@ def score_scan(
     *,
     workdir: Path,
     method: str = "gradcam",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     top_k: int = 3,
     timings: dict[str, float] | None = None,
 ) -> tuple[str, AttributionResult]:
@@ -425,7 +425,7 @@ def score_session(
     *,
     workdir: Path,
     method: str = "gradcam",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     top_k: int = 3,
     attempt: int = 1,
     max_attempts: int = 1,
@@ -499,7 +499,7 @@ def score_sessions(
     *,
     workdir: Path,
     method: str = "gradcam",
-    batch_size: int = 32,
+    batch_size: int | None = None,
     top_k: int = 3,
     on_outcome: Callable[[ScoreOutcome], None] | None = None,
 ) -> list[ScoreOutcome]:

@@ -497,18 +497,24 @@ def predict_volume(
     volume:
         The CBCT volume.
     batch_size:
-        Slices per forward pass; ``None`` uses ``CBCTQA_BATCH_SIZE``.
+        Slices per forward pass; ``None`` uses ``CBCTQA_BATCH_SIZE``, else the device's
+        measured default (``qa_core.attribution.default_batch_size``).
 
     Returns
     -------
     numpy.ndarray
         float32 ``(N, 5)``: one row per slice, columns in ``CATEGORIES`` order, values in (1, 5).
     """
-    bs = get_settings().batch_size if batch_size is None else int(batch_size)
+    dev = next(model.parameters()).device
+    setting = get_settings().batch_size if batch_size is None else int(batch_size)
+    if setting is None:
+        from qa_core.attribution import default_batch_size  # lazy: attribution imports model
+
+        setting = default_batch_size(dev)
+    bs = setting
     if bs < 1:
         raise ModelContractError(f"batch_size must be >= 1; got {batch_size!r}")
     x = model.preprocess(volume)
-    dev = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:

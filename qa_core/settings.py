@@ -38,8 +38,9 @@ class Settings(BaseSettings):
     device: str = "auto"
     """Torch device: ``auto`` (CUDA when available, else CPU), ``cpu`` or ``cuda[:N]``."""
 
-    batch_size: int = Field(32, ge=1, le=4096)
-    """Slices per batch for prediction and Grad-CAM."""
+    batch_size: int | None = Field(None, ge=1, le=4096)
+    """Slices per batch for prediction and Grad-CAM; unset: the measured default of the device
+    (``qa_core.attribution.default_batch_size``: 32 on CPU, 128 on CUDA)."""
 
     cam_method: str = "gradcam"
     """Default CAM method: gradcam, gradcam++, xgradcam, hirescam or layercam."""

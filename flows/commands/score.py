@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         type=int,
         default=None,
         metavar="B",
-        help="slices per batch (default CBCTQA_BATCH_SIZE or 32)",
+        help="slices per batch (default CBCTQA_BATCH_SIZE, else 32 on CPU, 128 on CUDA)",
     )
     p.add_argument(
         "--device", default=None, help="auto, cpu or cuda[:N] (default CBCTQA_DEVICE or auto)"
@@ -134,10 +134,14 @@ def report(
 
     settings = get_settings()
     method = method or settings.cam_method
+    dev = select_device(device)
     bs = settings.batch_size if batch_size is None else batch_size
+    if bs is None:
+        from qa_core.attribution import default_batch_size
+
+        bs = default_batch_size(dev)
     if bs < 1:
         raise ConfigurationError(f"--batch-size must be >= 1; got {bs}")
-    dev = select_device(device)
     source: str | list[str] = paths[0] if len(paths) == 1 else list(paths)
     volume = load_series(source, series_uid=series_uid)
     model = load_model(model_path, device=dev)
