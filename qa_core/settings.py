@@ -51,9 +51,11 @@ class Settings(BaseSettings):
     Names compare case- and punctuation-insensitively (``qa_core.rtstruct.roi_table``)."""
 
     localisation_min_share: float = Field(0.5, ge=0, le=1)
-    """Outlier rule when contours are present: a category whose attribution map puts less than
-    this share of its energy inside the contoured organ (``ae_in_region``, 0-1) is flagged as
-    falling mostly outside that organ (``qa_core.localisation.localisation_flags``)."""
+    """Localisation limit when contours are present: a map that puts less than this share of its
+    energy inside the contoured organ (``ae_in_region``, 0-1) falls mostly outside that organ
+    (``cbctqa score --rtstruct``: ``qa_core.localisation.localisation_flags``); the product's
+    alerts flag it only where the model usually localises on that organ, else maps atypical for
+    the model (``qa_core.localisation.cohort_localisation_flags``)."""
 
     log_level: str = "INFO"
     """Logging level name (DEBUG, INFO, WARNING, ERROR)."""
