@@ -31,6 +31,7 @@ flow-run parameters.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import tempfile
 import threading
@@ -60,7 +61,7 @@ if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
     from torch import nn
 
-    from xnat_plugin.gateway import ScanRef, SessionRef, XnatGateway
+    from xnat_plugin.gateway import SessionRef, XnatGateway
 
 __all__ = [
     "SCORE_DEPLOYMENT",
@@ -228,34 +229,32 @@ def find_session(project: str, session_id: str) -> SessionRef:
         return gw.get_session(session_id, project)
 
 
-@task(name="list-scans", retries=_RETRIES, retry_delay_seconds=_DELAYS, retry_jitter_factor=_JITTER,
+@task(name="queue-scan", retries=_RETRIES, retry_delay_seconds=_DELAYS, retry_jitter_factor=_JITTER,
       retry_condition_fn=_transient_only, cache_policy=NO_CACHE)
-def list_scans(session: SessionRef) -> list[ScanRef]:
-    """The session's scans; one request."""
-    with _gateway() as gw:
-        return gw.list_scans(session)
-
-
-@task(name="write-status", retries=_RETRIES, retry_delay_seconds=_DELAYS, retry_jitter_factor=_JITTER,
-      retry_condition_fn=_transient_only, cache_policy=NO_CACHE)
-def write_status(session: SessionRef, scan_id: str, version: str, status: str) -> str:
-    """Write the assessment's status (``queued`` or ``running``) with scan and model version."""
-    from xnat_plugin.gateway import AssessmentRecord
+def queue_scan(session: SessionRef, version: str) -> tuple[str, str]:
+    """Choose the CBCT scan (one request) and write the assessment ``queued``; returns the scan
+    ID and the scans fingerprint."""
+    from xnat_plugin.gateway import AssessmentRecord, scans_fingerprint
 
     with _gateway() as gw:
-        return gw.write_assessment(
-            session, AssessmentRecord(status=status, scan_id=scan_id, model_version=version)  # type: ignore[arg-type]
+        scans = gw.list_scans(session)
+        scan_id = gw.select_scan(session, scans=scans).scan_id
+        gw.write_assessment(
+            session, AssessmentRecord(status="queued", scan_id=scan_id, model_version=version)
         )
+    return scan_id, scans_fingerprint(scans)
 
 
 @task(name="score-scan", retries=_RETRIES, retry_delay_seconds=_DELAYS, retry_jitter_factor=_JITTER,
       retry_condition_fn=_transient_only, cache_policy=NO_CACHE)
 def score_scan_task(
-    session: SessionRef, scan_id: str, timings: dict[str, float]
-) -> tuple[str, dict[str, float], dict[str, float]]:
-    """Download, load, attribute, write products and the complete assessment of one scan."""
+    session: SessionRef, scan_id: str
+) -> tuple[str, dict[str, float], dict[str, float], dict[str, float]]:
+    """Download, load, attribute, write products and the complete assessment of one scan;
+    returns the assessor ID, scores, AE and the seconds of each stage."""
     settings = get_settings()
     model = worker_model()
+    timings: dict[str, float] = {}
     with _gateway() as gw, tempfile.TemporaryDirectory(prefix="score-", dir=scratch_dir()) as tmp:
         assessor, result = score_scan(
             gw, session, scan_id, model, workdir=Path(tmp), method=settings.cam_method,
@@ -265,6 +264,7 @@ def score_scan_task(
         assessor,
         {c: float(v) for c, v in result.scores.items()},
         {c: float(v) for c, v in result.ae.items()},
+        timings,
     )
 
 
@@ -303,18 +303,18 @@ def score_session(
     scan_id = ""
     fingerprint = ""
     try:
-        scans = list_scans(session)
-        fingerprint = scans_fingerprint(scans)
-        with _gateway() as gw:
-            scan_id = gw.select_scan(session, scans=scans).scan_id
-        write_status(session, scan_id, version, "queued")
+        scan_id, fingerprint = queue_scan(session, version)
         timings["select"] = time.perf_counter() - t_start
         t_wait = time.perf_counter()
         with concurrency(SCORING_LIMIT, occupy=1, strict=True):
             timings["wait"] = time.perf_counter() - t_wait
-            assessor, scores, ae = score_scan_task(session, scan_id, timings)
+            assessor, scores, ae, stages = score_scan_task(session, scan_id)
+            timings.update(stages)
     except CbctQaError as exc:
         with _gateway() as gw:
+            if not fingerprint:  # the scan could not be chosen: fingerprint what is there
+                with contextlib.suppress(CbctQaError):
+                    fingerprint = scans_fingerprint(gw.list_scans(session))
             reason, assessor_id = record_failure(
                 gw, session, scan_id, version, exc,
                 attempt=attempt, max_attempts=settings.max_attempts, scans=fingerprint,
