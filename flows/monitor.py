@@ -166,16 +166,14 @@ def render_report_html(payload: dict[str, Any], plot_png_b64: str | None) -> str
 
 
 def _statistically_flagged(outlier: bool | None, reason: str) -> bool:
-    """``True`` when a stored flag includes a cohort-statistics reason (not only the image
-    checks or localisation written at scoring time): that outlier was already alerted."""
+    """``True`` when a stored flag includes a cohort reason (statistics or localisation, not
+    only the image checks written at scoring time): that outlier was already alerted."""
     from flows import scoring
 
     if not outlier:
         return False
-    scoring_time = tuple(
-        p for p in (getattr(scoring, "IMAGE_CHECK_PREFIX", None),
-                    getattr(scoring, "LOCALISATION_PREFIX", None)) if p
-    )  # fmt: skip
+    # localisation flags are cohort alerts (write_outlier_flags), not scoring-time ones
+    scoring_time = tuple(p for p in (getattr(scoring, "IMAGE_CHECK_PREFIX", None),) if p)
     return any(part.strip() and not part.strip().startswith(scoring_time)
                for part in reason.split("; "))  # fmt: skip
 
@@ -183,10 +181,8 @@ def _statistically_flagged(outlier: bool | None, reason: str) -> bool:
 def _statistical_reason(reason: str) -> str:
     from flows import scoring
 
-    scoring_time = tuple(
-        p for p in (getattr(scoring, "IMAGE_CHECK_PREFIX", None),
-                    getattr(scoring, "LOCALISATION_PREFIX", None)) if p
-    )  # fmt: skip
+    # localisation flags are cohort alerts (write_outlier_flags), not scoring-time ones
+    scoring_time = tuple(p for p in (getattr(scoring, "IMAGE_CHECK_PREFIX", None),) if p)
     return "; ".join(p for p in reason.split("; ") if p.strip() and not p.startswith(scoring_time))
 
 
