@@ -597,8 +597,8 @@ def write_outlier_flags(
     DESIGN's residual flags after a Holm step across the session's categories, influence,
     and attribution atypical for the prediction) and the cohort localisation rule
     (:func:`qa_core.localisation.cohort_localisation_flags` over the stored ``ae_in_region``
-    and ``region_share`` of the complete assessments, prefix :data:`LOCALISATION_PREFIX`,
-    recomputed on every call); reasons written at scoring time by the image checks (prefix
+    and ``region_share`` of the complete assessments of each model version, prefix
+    :data:`LOCALISATION_PREFIX`, recomputed on every call); reasons written at scoring time by the image checks (prefix
     :data:`IMAGE_CHECK_PREFIX`) are kept. Only assessments whose flags
     change are rewritten (idempotent: a second call writes nothing). Returns the number of
     assessments updated.
@@ -614,14 +614,16 @@ def write_outlier_flags(
     ae = {a.session_label: {c: r.ae for c, r in a.record.categories.items()} for a in done}
     for alert in alerts_from_analysis(analysis.results, predicted, ae):
         flags.setdefault((alert.session, alert.category), []).append(_clause(alert.reason))
-    shares = {
-        a.session_label: {c: (r.ae_in_region, r.region_share) for c, r in a.record.categories.items()}
-        for a in done
-    }
-    for lf in cohort_localisation_flags(shares):
-        flags.setdefault((lf.session, lf.category), []).append(
-            f"{LOCALISATION_PREFIX} {_clause(lf.reason)}"
-        )
+    by_model: dict[str, dict[str, dict[str, tuple[float, float]]]] = {}
+    for a in done:  # "usual" is per model: each model version is its own cohort
+        by_model.setdefault(a.record.model_version, {})[a.session_label] = {
+            c: (r.ae_in_region, r.region_share) for c, r in a.record.categories.items()
+        }
+    for shares in by_model.values():
+        for lf in cohort_localisation_flags(shares):
+            flags.setdefault((lf.session, lf.category), []).append(
+                f"{LOCALISATION_PREFIX} {_clause(lf.reason)}"
+            )
     updated = 0
     for a in assessments:
         rec = a.record
