@@ -21,6 +21,9 @@ NOT_SETTINGS = {
     "CBCTQA_PREFECT_API_URL": "Tomcat environment read by the XNAT automation script",
     "CBCTQA_XNAT_ADMIN_USER": "cbctqa xnat-server option",
     "CBCTQA_XNAT_ADMIN_PASSWORD": "cbctqa xnat-server option",
+    "CBCTQA_REPORT": "XNAT project resource label of the cohort report",
+    "CBCTQA_DEMO": "the demo's XNAT project ID",
+    "CBCTQA_DASHBOARD_PROJECT": "set by cbctqa dashboard --project for the Streamlit process",
 }
 
 
