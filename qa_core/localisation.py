@@ -570,8 +570,12 @@ def cohort_localisation_flags(
 
     The rule and why are in the module docstring (section Alerts): per category, when the
     cohort's median energy share is ``>= min_share``, sessions below ``min_share`` are flagged
-    (``mostly_outside``); else sessions whose robust z of ``log((share + ε) / (chance + ε))``
-    is below ``-z_cut`` (``atypical``). A category with fewer than
+    (``mostly_outside``); else, when the median share is at least the median chance level
+    (the maps do favour the organ), sessions whose robust z of
+    ``log((share + ε) / (chance + ε))`` is below ``-z_cut`` (``atypical``); a category whose
+    maps sit on the organ less than a uniform map would raises no per-case alert (for such a
+    model every case is "outside", which is a finding about the model, not the case). A
+    category with fewer than
     :data:`COHORT_MIN_SESSIONS` sessions with a contour raises nothing.
 
     Parameters
@@ -635,6 +639,11 @@ def cohort_localisation_flags(
                             "mostly_outside", s, c, s,
                         )
                     )  # fmt: skip
+            continue
+        if usual < float(np.median(chance)):
+            # the model puts less of its map on this organ than a uniform map would: its maps
+            # carry no organ information, so how far one case sits from the organ says nothing
+            # about that case (a model-level finding: cbctqa validate and the report state it)
             continue
         x = np.log((share + eps) / (np.clip(chance, 0.0, None) + eps))
         rz = robust_z(x, name=f"{cat} log energy share over chance")

@@ -118,7 +118,8 @@ def _record(parotid: float, larynx: float, reason: str = "") -> object:
         old = reason if c in ("parotid", "overall") else ""
         return CategoryAssessment(
             score=3.0, ae=2.0, ae_per_voxel=0.01, outlier=bool(old) or None, outlier_reason=old,
-            ae_in_region=share, region_share=0.02 if share == share else math.nan,
+            ae_in_region=share,
+            region_share=(0.02 if c == "parotid" else 0.005) if share == share else math.nan,
         )
 
     return AssessmentRecord(status="complete", scan_id="1", model_version="m1",
@@ -129,8 +130,8 @@ def test_write_outlier_flags_recomputes_the_cohort_localisation_flags(
     xnat_server, make_session, tmp_path
 ) -> None:
     """9 sessions with stored shares: parotid, where the model localises (median 70 %), flags
-    only the one map mostly outside; larynx, where it never does (about 1 %, below chance), flags
-    only the extreme one; an old scoring-time localisation reason is dropped, an image check kept;
+    only the one map mostly outside; larynx, where it never does (about 1 %, though above its
+    0.5 % chance level), flags only the extreme one; an old scoring-time localisation reason is dropped, an image check kept;
     a second pass writes nothing."""
     from qa_core.statistics import analyze_table
 

@@ -199,22 +199,25 @@ def test_cohort_flags_where_the_model_localises_only_the_case_that_does_not() ->
 
 
 def test_cohort_flags_where_nobody_localises_only_the_extreme_case() -> None:
-    # every share below 0.5 (the absolute rule would flag all 10): only the extreme S09 is flagged
+    # every share below 0.5 (the absolute rule would flag all 10) but above chance (0.5%, the
+    # maps do favour the organ): only the extreme S09 is flagged
     shares = [0.010, 0.012, 0.008, 0.011, 0.009, 0.010, 0.013, 0.010, 0.011, 0.0]
-    cohort = _cohort(shares)
+    cohort = _cohort(shares, chance=0.005)
     cohort["S10"] = {"parotid": (math.nan, math.nan), "larynx": (0.01, 0.01)}  # no parotid contour
     flags = cohort_localisation_flags(cohort, min_share=0.5)
     assert [(f.session, f.rule) for f in flags] == [("S09", "atypical")]
-    # known answer: x = log((s + 1e-3) / (0.02 + 1e-3)); median of the 10 x, MAD
-    x = np.log((np.array(shares) + 1e-3) / 0.021)
+    # known answer: x = log((s + 1e-3) / (0.005 + 1e-3)); median of the 10 x, MAD
+    x = np.log((np.array(shares) + 1e-3) / 0.006)
     mad = np.median(np.abs(x - np.median(x)))
     assert flags[0].value == pytest.approx(0.6745 * (x[-1] - np.median(x)) / mad)
     assert flags[0].value < -3.5
     assert "lies even further from the contoured parotid than usual for this model" in flags[0].reason
-    assert "0.0% of the map's energy inside (chance level 2.0%)" in flags[0].reason
+    assert "0.0% of the map's energy inside (chance level 0.5%)" in flags[0].reason
     # a map closer to the organ than usual is never an alert
-    closer = _cohort([*shares[:-1], 0.4])
+    closer = _cohort([*shares[:-1], 0.4], chance=0.005)
     assert cohort_localisation_flags(closer, min_share=0.5) == []
+    # maps that sit on the organ less than a uniform map would (chance 2%): no per-case alert
+    assert cohort_localisation_flags(_cohort(shares, chance=0.02), min_share=0.5) == []
 
 
 def test_cohort_needs_eight_sessions_with_contours() -> None:
@@ -230,14 +233,14 @@ def test_cohort_needs_eight_sessions_with_contours() -> None:
 def test_cohort_mad_zero_uses_the_mean_absolute_deviation() -> None:
     # 6 of 9 equal: MAD = 0; scale = 1.253314 * mean|x - median|
     shares = [0.01] * 6 + [0.012, 0.009, 0.0]
-    flags = cohort_localisation_flags(_cohort(shares), min_share=0.5)
-    x = np.log((np.array(shares) + 1e-3) / 0.021)
+    flags = cohort_localisation_flags(_cohort(shares, chance=0.005), min_share=0.5)
+    x = np.log((np.array(shares) + 1e-3) / 0.006)
     scale = 1.253314 * np.mean(np.abs(x - np.median(x)))
     z = (x - np.median(x)) / scale
     assert [f.session for f in flags] == [f"S{i:02d}" for i in np.flatnonzero(z < -3.5)] == ["S08"]
     assert flags[0].value == pytest.approx(z[-1])
     # no spread at all: nothing can be flagged
-    assert cohort_localisation_flags(_cohort([0.01] * 9), min_share=0.5) == []
+    assert cohort_localisation_flags(_cohort([0.01] * 9, chance=0.005), min_share=0.5) == []
     with pytest.raises(AttributionError, match="min_share"):
         cohort_localisation_flags(_cohort(shares), min_share=-0.1)
     with pytest.raises(AttributionError, match="z_cut"):
