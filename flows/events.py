@@ -117,6 +117,22 @@ def post_session_archived(
     return answer.status_code
 
 
+def _emit_about_session(
+    event: str, *, project: str, session_id: str, label: str, payload: dict[str, Any]
+) -> None:
+    """Emit ``event`` on resource ``xnat.session.<ID>`` with the project as related resource;
+    the payload always carries project, session ID and label."""
+    from prefect.events import emit_event
+
+    emit_event(
+        event=event,
+        resource={"prefect.resource.id": session_resource_id(session_id),
+                  "prefect.resource.name": label},  # fmt: skip
+        related=[project_resource(project)],
+        payload={"project": project, "session_id": session_id, "label": label, **payload},
+    )
+
+
 def emit_session_scored(
     *,
     project: str,
@@ -128,17 +144,12 @@ def emit_session_scored(
     assessor_id: str | None,
 ) -> None:
     """Emit ``cbctqa.session.scored`` (payload: project, label, model version, scores, AE)."""
-    from prefect.events import emit_event
-
-    emit_event(
-        event=SESSION_SCORED,
-        resource={"prefect.resource.id": session_resource_id(session_id),
-                  "prefect.resource.name": label},
-        related=[project_resource(project)],
+    _emit_about_session(
+        SESSION_SCORED,
+        project=project,
+        session_id=session_id,
+        label=label,
         payload={
-            "project": project,
-            "session_id": session_id,
-            "label": label,
             "model_version": model_version,
             "assessor_id": assessor_id,
             "scores": {k: float(v) for k, v in scores.items()},
@@ -160,17 +171,12 @@ def emit_alert(
     report_url: str | None = None,
 ) -> None:
     """Emit one ``cbctqa.alert`` for a new outlier (atypical attribution in one category)."""
-    from prefect.events import emit_event
-
-    emit_event(
-        event=ALERT,
-        resource={"prefect.resource.id": session_resource_id(session_id),
-                  "prefect.resource.name": label},
-        related=[project_resource(project)],
+    _emit_about_session(
+        ALERT,
+        project=project,
+        session_id=session_id,
+        label=label,
         payload={
-            "project": project,
-            "session_id": session_id,
-            "label": label,
             "category": category,
             "reason": reason,
             "model_version": model_version,
