@@ -126,8 +126,10 @@ def _emit_about_session(
 
     emit_event(
         event=event,
-        resource={"prefect.resource.id": session_resource_id(session_id),
-                  "prefect.resource.name": label},  # fmt: skip
+        resource={
+            "prefect.resource.id": session_resource_id(session_id),
+            "prefect.resource.name": label,
+        },
         related=[project_resource(project)],
         payload={"project": project, "session_id": session_id, "label": label, **payload},
     )
