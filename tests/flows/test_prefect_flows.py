@@ -24,15 +24,20 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def cohort(xnat_server, tmp_path_factory, make_session):
-    """Four good sessions and one whose DICOM is truncated."""
-    tmp = tmp_path_factory.mktemp("pflows")
-    with XnatGateway.connect(xnat_server.url, xnat_server.user, xnat_server.password) as gw:
-        gw.xnat.put(f"/data/projects/{PROJECT}", accepted_status=[200, 201])
-        for i in range(4):
-            make_session(gw, PROJECT, f"GOOD{i}", tmp, seed=i, noise=10.0 + 40 * i)
-        make_session(gw, PROJECT, "BROKEN", tmp, seed=9, broken=True)
-    return xnat_server
+def cohort_in(xnat_server, tmp_path_factory, make_session):
+    """``cohort_in(project)``: four good sessions and one whose DICOM is truncated, in a project
+    of the test's own (tests share the XNAT and Prefect servers, never a project)."""
+
+    def make(project: str):
+        tmp = tmp_path_factory.mktemp(project.lower())
+        with XnatGateway.connect(xnat_server.url, xnat_server.user, xnat_server.password) as gw:
+            gw.xnat.put(f"/data/projects/{project}", accepted_status=[200, 201])
+            for i in range(4):
+                make_session(gw, project, f"GOOD{i}", tmp, seed=i, noise=10.0 + 40 * i)
+            make_session(gw, project, "BROKEN", tmp, seed=9, broken=True)
+        return xnat_server
+
+    return make
 
 
 def _assessments(server, project=PROJECT):
@@ -41,8 +46,9 @@ def _assessments(server, project=PROJECT):
 
 
 def test_score_pending_scores_every_session_once(
-    prefect_api_url, cohort, xnat_env, capsys, tmp_path
+    prefect_api_url, cohort_in, xnat_env, capsys, tmp_path
 ) -> None:
+    cohort = cohort_in(PROJECT)
     xnat_env(cohort)
     loads = session_flows.MODEL_LOADS
     assert main(["score-pending", "--project", PROJECT, "--workers", "2",
@@ -70,31 +76,34 @@ def test_score_pending_scores_every_session_once(
 
 
 def test_pushed_event_scores_the_session_without_polling(
-    prefect_api_url, cohort, xnat_env, make_session, tmp_path
+    prefect_api_url, xnat_server, xnat_env, make_session, tmp_path
 ) -> None:
     from flows.deployments import start_serving
 
+    cohort, project = xnat_server, "PF_PUSH"
     xnat_env(cohort)
     with XnatGateway.connect(cohort.url, cohort.user, cohort.password) as gw:
-        sid = make_session(gw, PROJECT, "PUSHED", tmp_path, seed=21)
-        ref = gw.get_session("PUSHED", PROJECT)
-    handle = start_serving([PROJECT], poll_interval=3600, workers=1, monitor=True)
+        gw.xnat.put(f"/data/projects/{project}", accepted_status=[200, 201])
+        sid = make_session(gw, project, "PUSHED", tmp_path, seed=21)
+        ref = gw.get_session("PUSHED", project)
+    handle = start_serving([project], poll_interval=3600, workers=1, monitor=True)
     try:
         # exactly the body and endpoint XNAT's automation script uses
-        body = archived_event_body(session_id=sid, project=PROJECT, subject=ref.subject,
+        body = archived_event_body(session_id=sid, project=project, subject=ref.subject,
                                    subject_id=ref.subject_id, label="PUSHED",
                                    xnat_url=cohort.url)  # fmt: skip
         assert post_session_archived(handle.api_url, body) in (200, 201, 202, 204)
         deadline = time.monotonic() + 180
         status = None
         while time.monotonic() < deadline:
-            recs = [a.record for a in _assessments(cohort) if a.session_label == "PUSHED"]
+            recs = [a.record for a in _assessments(cohort, project) if a.session_label == "PUSHED"]
             status = recs[0].status if recs else None
             if status == "complete":
                 break
             time.sleep(1)
         assert status == "complete"
-        # the scored event reached Prefect with the session as its resource
+        # the scored event reached Prefect with the session as its resource (other test modules'
+        # XNAT servers hand out the same accession IDs: match the project and label too)
         import httpx
 
         deadline = time.monotonic() + 30
@@ -102,20 +111,24 @@ def test_pushed_event_scores_the_session_without_polling(
         while time.monotonic() < deadline and not found:
             answer = httpx.post(f"{handle.api_url}/events/filter", json={
                 "filter": {"event": {"name": [SESSION_SCORED]},
-                           "resource": {"id": [f"xnat.session.{sid}"]}}, "limit": 5})  # fmt: skip
-            found = answer.json().get("events", [])
+                           "resource": {"id": [f"xnat.session.{sid}"]}}, "limit": 50})  # fmt: skip
+            found = [e for e in answer.json().get("events", [])
+                     if e["payload"].get("project") == project
+                     and e["payload"].get("label") == "PUSHED"]  # fmt: skip
             time.sleep(0.5)
-        assert found and found[0]["payload"]["label"] == "PUSHED"
+        assert found and found[0]["resource"]["prefect.resource.id"] == f"xnat.session.{sid}"
         assert set(found[0]["payload"]["scores"]) == {
             "parotid", "submandibular", "larynx", "mandible", "overall"}
     finally:
         handle.stop()
-    assert len([a for a in _assessments(cohort) if a.session_label == "PUSHED"]) == 1
+    assert len([a for a in _assessments(cohort, project) if a.session_label == "PUSHED"]) == 1
 
 
 def test_raised_model_version_rescores_everything_once(
-    prefect_api_url, cohort, xnat_env, capsys, tmp_path, monkeypatch
+    prefect_api_url, cohort_in, xnat_env, capsys, tmp_path, monkeypatch
 ) -> None:
+    PROJECT = "PF_RAISED"  # this test's own project (shadows the module one)
+    cohort = cohort_in(PROJECT)
     xnat_env(cohort)
     main(["score-pending", "--project", PROJECT])  # whatever earlier tests left: all done
     capsys.readouterr()
@@ -131,25 +144,28 @@ def test_raised_model_version_rescores_everything_once(
     card_path_for(dst).write_text(json.dumps(card))
     monkeypatch.setenv("CBCTQA_MODEL_PATH", str(dst))
     assert model_version(session_flows.worker_model()) == "2.0.0-test"
-    n_sessions = len({a.session_label for a in _assessments(cohort)})
+    n_sessions = len({a.session_label for a in _assessments(cohort, PROJECT)})
     assert main(["score-pending", "--project", PROJECT, "--workers", "2"]) == 0
     out = capsys.readouterr().out
     assert f"scored {n_sessions - 1}, failed 1, already done 0" in out
     assert main(["score-pending", "--project", PROJECT]) == 0
     assert f"scored 0, failed 0, already done {n_sessions - 1}, not retried 1" in capsys.readouterr().out
-    v2 = [a for a in _assessments(cohort) if a.record.model_version == "2.0.0-test"]
+    v2 = [a for a in _assessments(cohort, PROJECT) if a.record.model_version == "2.0.0-test"]
     assert len(v2) == n_sessions
     assert len({a.session_label for a in v2}) == n_sessions
 
 
-def test_rescore_on_request(prefect_api_url, cohort, xnat_env, capsys) -> None:
+def test_rescore_on_request(prefect_api_url, cohort_in, xnat_env, capsys) -> None:
+    PROJECT = "PF_RESCORE"  # this test's own project (shadows the module one)
+    cohort = cohort_in(PROJECT)
     xnat_env(cohort)
     assert main(["rescore", "BROKEN", "--project", PROJECT]) == 1  # bad data: fails again, clearly
     out = capsys.readouterr().out
     assert f"{PROJECT}/BROKEN: failed (run " in out and "TruncatedFileError" in out
     assert main(["rescore", "GOOD1", "--project", PROJECT]) == 0
     assert f"{PROJECT}/GOOD1: complete (run " in capsys.readouterr().out
-    labels = [a.label for a in _assessments(cohort) if a.session_label in ("GOOD1", "BROKEN")]
+    labels = [a.label for a in _assessments(cohort, PROJECT)
+              if a.session_label in ("GOOD1", "BROKEN")]  # fmt: skip
     assert len(labels) == len(set(labels))  # rescoring replaces, never duplicates
     assert main(["rescore", "NOPE", "--project", PROJECT]) == 2
     assert "no xnat:ctSessionData session with label or ID 'NOPE'" in capsys.readouterr().err
