@@ -9,7 +9,7 @@ outlier flags, exactly as the services do. What it leaves:
 
 * project ``HN_QA``: 6 sessions scored (``complete``), 1 failed (its series misses a
   slice), 1 not scored; sessions 1-5 rated by the panel (R1-R4), session 6 scored but unrated;
-  at least one outlier flag;
+  at least three outlier flags;
 * project ``EMPTY_QA``: no sessions;
 * users: ``admin`` (site admin), ``viewer`` (Collaborator: read-only service account),
   ``rad_a`` (Member of both projects: a radiologist who rates and acknowledges).
@@ -145,13 +145,20 @@ def _populate(server: RunningServer, work: Path) -> QaCohort:
         write_outlier_flags(gw, analysis, assessments, refs)
         flagged = [(a.session_label, c) for a in gw.read_assessments(PROJECT)
                    for c, r in a.record.categories.items() if r.outlier]  # fmt: skip
-        if not flagged:  # make sure the Alerts page has something to show: flag as monitoring would
-            a = next(a for a in gw.read_assessments(PROJECT) if a.session_label == scored[1])
+        # the Alerts page needs something to show after other tests acknowledge one or two
+        # alerts (the session fixture is shared, in any order): at least three flags, set as
+        # monitoring would where the statistics raised fewer
+        for label, cat in [(scored[1], "larynx"), (scored[2], "mandible"), (scored[1], "parotid")]:
+            if len(flagged) >= 3:
+                break
+            if (label, cat) in flagged:
+                continue
+            a = next(a for a in gw.read_assessments(PROJECT) if a.session_label == label)
             cats = dict(a.record.categories)
-            cats["larynx"] = replace(cats["larynx"], outlier=True,
-                                     outlier_reason="robust z of the AE residual 4.1 > 3.5")  # fmt: skip
-            gw.write_assessment(refs[scored[1]], replace(a.record, categories=cats))
-            flagged = [(scored[1], "larynx")]
+            cats[cat] = replace(cats[cat], outlier=True,
+                                outlier_reason="robust z of the AE residual 4.1 > 3.5")  # fmt: skip
+            gw.write_assessment(refs[label], replace(a.record, categories=cats))
+            flagged.append((label, cat))
     add_user(server, VIEWER, VIEWER_PW, {PROJECT: "Collaborators", EMPTY: "Collaborators"})
     add_user(server, RAD, RAD_PW, {PROJECT: "Members", EMPTY: "Members"})
     return QaCohort(server=server, url=server.url, project=PROJECT, empty_project=EMPTY,
