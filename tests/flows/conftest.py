@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from qa_core.dicom_writer import write_series
-from xnat_plugin.gateway import XnatGateway
+from xnat_plugin.gateway import SessionRef, XnatGateway
 from xnat_plugin.server import RunningServer
 
 
@@ -94,18 +94,30 @@ def import_session(
     )
     ref = gw.get_session(label, project)
     if broken:
-        scan = gw.select_scan(ref)
-        listing = gw.xnat.get_json(
-            f"/data/experiments/{ref.session_id}/scans/{scan.scan_id}/resources/DICOM/files"
-        )
-        name = listing["ResultSet"]["Result"][0]["Name"]
-        gw.xnat.put(
-            f"/data/experiments/{ref.session_id}/scans/{scan.scan_id}/resources/DICOM/files/{name}",
-            data=files[0].read_bytes()[:700],
-            query={"overwrite": "true", "inbody": "true"},
-            accepted_status=[200, 201],
-        )
+        truncate_first_dicom(gw, ref, files[0])
     return ref.session_id
+
+
+def truncate_first_dicom(gw: XnatGateway, ref: SessionRef, source: Path) -> None:
+    """Replace the first file of ``ref``'s scan in XNAT by the first 700 bytes of ``source``
+    (a DICOM file cut inside its header: scoring must fail with a reason)."""
+    scan = gw.select_scan(ref)
+    listing = gw.xnat.get_json(
+        f"/data/experiments/{ref.session_id}/scans/{scan.scan_id}/resources/DICOM/files"
+    )
+    name = listing["ResultSet"]["Result"][0]["Name"]
+    gw.xnat.put(
+        f"/data/experiments/{ref.session_id}/scans/{scan.scan_id}/resources/DICOM/files/{name}",
+        data=source.read_bytes()[:700],
+        query={"overwrite": "true", "inbody": "true"},
+        accepted_status=[200, 201],
+    )
+
+
+@pytest.fixture(scope="session")
+def truncate_dicom():
+    """``truncate_dicom(gw, session_ref, source_file)``: see :func:`truncate_first_dicom`."""
+    return truncate_first_dicom
 
 
 @pytest.fixture(scope="session")

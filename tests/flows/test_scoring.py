@@ -51,7 +51,7 @@ def model():
 
 
 @pytest.fixture(scope="module")
-def project(xnat_server, tmp_path_factory):
+def project(xnat_server, tmp_path_factory, truncate_dicom):
     """Four sessions: three good CT series with rising noise, one that is not CT at all."""
     tmp = tmp_path_factory.mktemp("scoring")
     rng = np.random.default_rng(3)
@@ -91,18 +91,7 @@ def project(xnat_server, tmp_path_factory):
             },
             headers={"Content-Type": "application/zip"},
         )
-        ref = gw.get_session("SESSBAD", PROJECT)
-        scan = gw.select_scan(ref)
-        listing = gw.xnat.get_json(
-            f"/data/experiments/{ref.session_id}/scans/{scan.scan_id}/resources/DICOM/files"
-        )
-        name = listing["ResultSet"]["Result"][0]["Name"]
-        gw.xnat.put(
-            f"/data/experiments/{ref.session_id}/scans/{scan.scan_id}/resources/DICOM/files/{name}",
-            data=bad[0].read_bytes()[:700],
-            query={"overwrite": "true", "inbody": "true"},
-            accepted_status=[200, 201],
-        )
+        truncate_dicom(gw, gw.get_session("SESSBAD", PROJECT), bad[0])
     return xnat_server
 
 
