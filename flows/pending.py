@@ -63,7 +63,7 @@ class PendingSummary:
                 + (f", runs not completed {len(self.broken_runs)}" if self.broken_runs else ""))  # fmt: skip
 
 
-def wait_for_runs(run_ids: Sequence[str], *, timeout: float, poll: float = 1.0) -> dict[str, Any]:
+def wait_for_runs(run_ids: Sequence[str], *, timeout: float, poll: float = 0.25) -> dict[str, Any]:
     """Wait until the runs are in a final state; returns run ID → final state."""
     from uuid import UUID
 
@@ -129,6 +129,7 @@ def score_pending(
                 before = gw.read_assessments(project)
                 sessions = gw.list_sessions(project)
             runs = discover_sessions(project)
+            worker.wake()
             summary.runs = runs
             states = wait_for_runs([r["flow_run_id"] for r in runs], timeout=limit)
             for run_id, state in states.items():

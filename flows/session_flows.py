@@ -5,7 +5,7 @@ Thin over :mod:`flows.scoring` and the gateway:
 ``score_session(project, session_id, attempt)``
     look the session up, list its scans and choose the CBCT scan (tasks, retried with backoff
     on transient trouble only), write the assessment ``queued``, wait for a slot of the global
-    concurrency limit ``cbctqa-scoring`` (``strict=True``), then download, ``load_series``,
+    concurrency limit ``cbctqa-scoring`` (:func:`flows.concurrency_slot.hold_slot`), then download, ``load_series``,
     ``attribute_volume``, products and write-back (``running`` → resources → ``complete``) as
     one task retried on transient trouble, and emit ``cbctqa.session.scored``. Bad data ends
     as a ``failed`` assessment whose reason is final until the session changes; transient
@@ -46,9 +46,9 @@ from typing import TYPE_CHECKING, Any
 from prefect import flow, task
 from prefect.cache_policies import NONE as NO_CACHE
 from prefect.client.schemas.objects import StateType
-from prefect.concurrency.sync import concurrency
 from prefect.exceptions import ObjectAlreadyExists
 
+from flows.concurrency_slot import hold_slot
 from flows.events import emit_session_scored
 from flows.scoring import is_transient, model_version, record_failure, score_scan
 from qa_core.errors import CbctQaError
@@ -305,9 +305,8 @@ def score_session(
     try:
         scan_id, fingerprint = queue_scan(session, version)
         timings["select"] = time.perf_counter() - t_start
-        t_wait = time.perf_counter()
-        with concurrency(SCORING_LIMIT, occupy=1, strict=True):
-            timings["wait"] = time.perf_counter() - t_wait
+        with hold_slot(SCORING_LIMIT, holder=_holder(), lease_s=_LEASE_S) as slot:
+            timings["wait"] = slot.waited_s
             assessor, scores, ae, stages = score_scan_task(session, scan_id)
             timings.update(stages)
     except CbctQaError as exc:
@@ -350,14 +349,30 @@ def _remember_timings(timings: dict[str, float]) -> None:
             RUN_TIMINGS.pop(next(iter(RUN_TIMINGS)))
 
 
+#: Lease of a scoring slot: renewed every third of it; a dead worker's slot is free after it.
+_LEASE_S = 300.0
+
+
+def _holder() -> Any:
+    """The running flow run as the holder of its scoring slot (shown on the lease)."""
+    from prefect.client.schemas.objects import ConcurrencyLeaseHolder
+    from prefect.context import FlowRunContext
+
+    ctx = FlowRunContext.get()
+    if ctx is None or ctx.flow_run is None:
+        return None
+    return ConcurrencyLeaseHolder(type="flow_run", id=ctx.flow_run.id)
+
+
 def _already_complete(session: SessionRef, version: str) -> bool:
-    """``True`` when the session has a complete assessment by ``version`` (one bulk request)."""
+    """``True`` when the session has a complete assessment by ``version`` (one listing, filtered
+    to the session)."""
     with _gateway() as gw:
         return any(
             a.session_id == session.session_id
             and a.record.status == "complete"
             and a.record.model_version == version
-            for a in gw.read_assessments(session.project)
+            for a in gw.read_assessments(session.project, session_id=session.session_id)
         )
 
 

@@ -99,7 +99,8 @@ class GatewayReading(GatewayTransport):
     def get_session(
         self, label: str, project: str | None = None, *, modality: str = "CT"
     ) -> SessionRef:
-        """The session with this label (or accession ID) in the project; one request.
+        """The session with this label (or accession ID) in the project; one filtered listing
+        (two for a label, a third, unfiltered, only when the server's filters found nothing).
 
         Raises
         ------
@@ -107,10 +108,17 @@ class GatewayReading(GatewayTransport):
             No such session in the project.
         """
         project = self._project_or_default(project)
-        refs = self._session_rows(project, _modality_xsi(modality))
-        for ref in refs:
-            if label in (ref.label, ref.session_id):
-                return ref
+        xsi = _modality_xsi(modality)
+        # Filtered listings first (XNAT filters a listing on any of its columns; a server that
+        # ignores the filter answers the whole listing, which the match below still handles):
+        # discovery passes accession IDs, people pass labels; the whole listing is the last try.
+        tries: list[Mapping[str, str] | None] = [None]
+        if label and not any(ch in label for ch in "*?[],"):
+            tries = [{"ID": label}, {"label": label}, None]
+        for extra in tries:
+            for ref in self._session_rows(project, xsi, extra):
+                if label in (ref.label, ref.session_id):
+                    return ref
         raise XnatNotFoundError(
             f"no {_modality_xsi(modality)} session with label or ID {label!r} in project {project}; "
             "check the label and the project",
@@ -283,13 +291,14 @@ class GatewayReading(GatewayTransport):
     # ------------------------------------------------------------------ bulk reads
 
     def _assessor_listing(
-        self, project: str, xsi_type: str, field_names: Sequence[str]
+        self, project: str, xsi_type: str, field_names: Sequence[str], session_id: str | None = None
     ) -> list[tuple[dict[str, str], dict[str, str]]]:
         columns = [*_ASSESSOR_COLUMNS, *(f"{xsi_type}/{f}" for f in field_names)]
+        query = {"xsiType": xsi_type, "project": project, "columns": ",".join(columns)}
+        if session_id:
+            query["session_ID"] = session_id
         rows = self._listing(
-            "/data/experiments",
-            what=f"{xsi_type} of project {project}",
-            query={"xsiType": xsi_type, "project": project, "columns": ",".join(columns)},
+            "/data/experiments", what=f"{xsi_type} of project {project}", query=query
         )
         prefix = xsi_type.lower() + "/"
         out = []
@@ -298,20 +307,25 @@ class GatewayReading(GatewayTransport):
                 continue
             if row.get("project") and row["project"] != project:
                 continue
+            if session_id and row.get("session_id", session_id) != session_id:
+                continue  # a server that ignores the session_ID filter
             ident = {c: row.get(c.lower(), "") for c in _ASSESSOR_COLUMNS}
             fields = {f: row.get(prefix + f.lower(), "") for f in field_names}  # XNAT's keys only
             out.append((ident, fields))
         return out
 
-    def read_assessments(self, project: str | None = None) -> list[StoredAssessment]:
+    def read_assessments(
+        self, project: str | None = None, *, session_id: str | None = None
+    ) -> list[StoredAssessment]:
         """Every ``cbctqa:qaAssessmentData`` of the project with its session; ONE request.
 
+        ``session_id``: only that session's (accession ID; the listing is filtered by XNAT).
         Sorted by session label then assessor label.
         """
         project = self._project_or_default(project)
         out = []
         for ident, fields in self._assessor_listing(
-            project, ASSESSMENT_XSI_TYPE, AssessmentRecord.field_names()
+            project, ASSESSMENT_XSI_TYPE, AssessmentRecord.field_names(), session_id
         ):
             what = (
                 f"assessment {ident['label']} ({ident['ID']}) of session {ident['session_label']}"
