@@ -22,8 +22,14 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
+# The run's output is also kept in test-artifacts/pytest.log; its failures are repeated last so
+# that they are what the end of a CI log shows.
 test: lint typecheck
-	$(PY) -m pytest -q tests
+	@mkdir -p test-artifacts
+	@set -o pipefail; $(PY) -m pytest -q tests 2>&1 | tee test-artifacts/pytest.log; rc=$$?; \
+	  if [ $$rc -ne 0 ]; then echo "== pytest exit $$rc; failures:"; \
+	    grep -E '^(FAILED|ERROR) ' test-artifacts/pytest.log | tail -n 40; \
+	    grep -E '(passed|failed|error|errors) in [0-9.]+s' test-artifacts/pytest.log | tail -n 1; fi; exit $$rc
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" tests

@@ -79,3 +79,35 @@ def xnat_server_factory(tmp_path: Path) -> Iterator[Callable[..., RunningServer]
     yield start
     for server in started:
         server.stop()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Ctrl-C reaches the processes the tests start, as a terminal delivers it.
+
+    A shell starts a background job (``make test &``, a CI runner's step) with SIGINT
+    ignored, and an ignored signal stays ignored across ``exec``: every ``cbctqa serve`` /
+    ``cbctqa demo`` / ``prefect worker`` a test started then ignored the SIGINT that test sent
+    to stop it, ran on past the test and claimed the next tests' runs. A handled signal is
+    reset to its default in a child, so handling it here fixes every child."""
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Keep the end of the run readable: after the summary, background clients of servers the
+    tests already stopped (Prefect's event and log workers, xnatpy sessions disconnecting in
+    ``__del__``) may still try to reach them at interpreter exit. Their tracebacks said
+    nothing about the tests and pushed the failure summary out of CI's log tail; they become
+    one line each."""
+    import logging
+    import sys
+
+    logging.raiseExceptions = False  # a handler failing at exit prints nothing
+
+    def one_line(unraisable: sys.UnraisableHookArgs) -> None:
+        exc = unraisable.exc_value
+        print(f"(at exit, ignored: {type(exc).__name__} in {unraisable.object!r:.80})", file=sys.stderr)
+
+    sys.unraisablehook = one_line

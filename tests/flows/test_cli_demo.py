@@ -9,6 +9,7 @@ process with its own local XNAT, Prefect server and dashboard).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -181,8 +182,12 @@ def test_live_demo_stops_everything_on_ctrl_c(tmp_path) -> None:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(180) in (0, 130)
     finally:
-        if proc.poll() is None:
+        if proc.poll() is None:  # it ignored Ctrl-C: stop it and all it started
+            left = _descendants(proc.pid)
             proc.kill()
+            for pid in left:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
         log.close()
     time.sleep(1)
     assert [p for p in children if _alive(p)] == []

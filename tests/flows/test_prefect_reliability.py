@@ -40,6 +40,17 @@ def _serve(api_url: str, server, scratch: Path, log: Path) -> subprocess.Popen[b
         )  # fmt: skip
 
 
+def _wait_or_kill(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """The exit code, or ``None`` when it did not stop in time (then its group is killed: a
+    worker left running would claim the next tests' runs)."""
+    try:
+        return proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+        return None
+
+
 def test_fifty_sessions_under_faults_two_workers(
     prefect_api_url, xnat_server_factory, make_session, tmp_path
 ) -> None:
@@ -89,7 +100,7 @@ def test_fifty_sessions_under_faults_two_workers(
         for w in workers:
             if w.poll() is None:
                 os.killpg(w.pid, signal.SIGINT)
-        codes = [w.wait(timeout=120) for w in workers]
+        codes = [_wait_or_kill(w, 120) for w in workers]
         server.app.faults = FaultInjector(FaultConfig())
         with get_client(sync_client=True) as client:
             client.upsert_global_concurrency_limit_by_name(SCORING_LIMIT, 2)

@@ -548,6 +548,30 @@ def test_bulk_reads_use_one_request_whatever_the_project_size(
     assert counts[3] == counts[15] == (2, 2)  # one request each, counted by client and by server
 
 
+def test_one_session_lookups_are_filtered_listings(gw: XnatGateway) -> None:
+    """A scoring run looks up one session and its assessments: filtered listings (XNAT filters
+    on a listing's columns), not the whole project's, whatever the project size."""
+    sessions = _populate(gw, "LOOK", 12)
+    target = sessions[7]
+    log = Requests(gw)
+    found = gw.get_session(target.session_id, "LOOK")  # by accession ID: one request
+    assert (found.session_id, found.label, found.subject) == (target.session_id, target.label,
+                                                             target.subject)  # fmt: skip
+    assert [(m, q.get("ID")) for m, _, _, q in log.calls] == [("GET", [target.session_id])]
+    log.calls.clear()
+    assert gw.get_session(target.label, "LOOK").session_id == target.session_id  # by label: two
+    assert [q.get("label") for _, _, _, q in log.calls] == [None, [target.label]]
+    log.calls.clear()
+    (mine,) = gw.read_assessments("LOOK", session_id=target.session_id)
+    assert mine.session_label == target.label and mine.record == _record(score=1.0 + 7 % 4)
+    assert [q.get("session_ID") for _, _, _, q in log.calls] == [[target.session_id]]
+    assert gw.read_assessments("LOOK", session_id="XNAT_E99999") == []
+    log.calls.clear()
+    with pytest.raises(XnatNotFoundError, match="'S999'"):
+        gw.get_session("S999", "LOOK")
+    assert len(log.calls) == 3  # ID, label, then the whole listing
+
+
 def test_rating_validation_and_replacement(gw: XnatGateway) -> None:
     session = _make_sessions(gw, "RATE", ["S1"])[0]
     log = Requests(gw)
