@@ -154,7 +154,10 @@ def score_pending(
                     summary.scored.append(s.label)
                 elif s.label in in_pass and rec is not None and rec.status == "failed":
                     summary.failed[s.label] = rec.failure_reason
-                elif s.label not in in_pass and rec is not None and rec.status == "failed":
+                elif rec is not None and rec.status == "complete":
+                    # completed by another worker between this pass's first read and its discovery
+                    summary.already_done.append(s.label)
+                elif rec is not None and rec.status == "failed":
                     summary.not_retried.append(s.label)
             summary.run_seconds = {r["flow_run_id"]: worker.durations[r["flow_run_id"]]
                                    for r in runs if r["flow_run_id"] in worker.durations}  # fmt: skip

@@ -7,7 +7,7 @@ that thread, which sleeps in 0.2 s steps. Profiled on ``score_session`` runs exe
 :class:`flows.worker.FlowRunWorker`: 0.18 s of each run's 0.3 s outside the flow function.
 
 :func:`shared_observation` gives the engine the same observation from one long-lived
-``FlowRunSuspendingObserver`` (one thread, one websocket) to which each run is added when it
+``FlowRunSuspendingObserver`` per Prefect API (one thread, one websocket) to which each run is added when it
 starts and from which it is removed when it ends; a suspension is delivered exactly as the
 engine's own observer delivers it (``mark_flow_run_suspension_requested``). Only runs
 executed inside :func:`shared_observation` use it; other flow runs in the process keep the
@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 _ACTIVE: contextvars.ContextVar[bool] = contextvars.ContextVar("cbctqa_shared_suspension", default=False)
 _LOCK = threading.Lock()
 _INSTALLED = False
-_OBSERVER: _SharedObserver | None = None
+_OBSERVERS: dict[str, _SharedObserver] = {}  # by Prefect API URL
 
 
 class _SharedObserver:
@@ -87,11 +87,17 @@ class _SharedObserver:
 
 
 def _observer() -> _SharedObserver | None:
-    global _OBSERVER
+    """The shared observer of the Prefect API this context talks to (started on first use)."""
+    from prefect.settings import get_current_settings
+
+    api = str(get_current_settings().api.url or "")
+    if not api:
+        return None  # an ephemeral API: the engine's own observer
     with _LOCK:
-        if _OBSERVER is None or not _OBSERVER.usable:
-            _OBSERVER = _SharedObserver()
-        return _OBSERVER if _OBSERVER.usable else None
+        shared = _OBSERVERS.get(api)
+        if shared is None or not shared.usable:
+            shared = _OBSERVERS[api] = _SharedObserver()
+        return shared if shared.usable else None
 
 
 def _install() -> bool:

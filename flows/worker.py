@@ -260,9 +260,15 @@ class FlowRunWorker:
 
         with get_client(sync_client=True) as client:
             fresh = client.read_flow_run(run.id)
+        from prefect.exceptions import Abort, Pause
+
         try:
             with _without_engine_heartbeats(), shared_observation():
                 state = run_flow(flow, flow_run=fresh, return_type="state")
+        except (Pause, Abort) as signal:
+            # suspended (it resumes as a new execution) or aborted by the server: the run's
+            # state is Prefect's to keep, not a crash
+            state = "suspended" if isinstance(signal, Pause) else f"aborted ({signal})"
         except BaseException as exc:
             logger.error("%s: run %s (%s) crashed: %s", self._name, run.id, run.name, exc)
             self._mark_crashed(str(run.id), f"{type(exc).__name__}: {exc}")

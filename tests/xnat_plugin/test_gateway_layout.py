@@ -66,7 +66,7 @@ GATEWAY_MEMBERS = {
     "write_rating": ["self", "session", "rater", "scores", "comments", "scan_id",
                      "on_behalf_of", "date"],
     "write_project_files": ["self", "project", "label", "paths"],
-    "read_assessments": ["self", "project"],
+    "read_assessments": ["self", "project", "session_id"],  # session_id: keyword, added later
     "read_ratings": ["self", "project"],
 }  # fmt: skip
 GATEWAY_PROPERTIES = ["closed", "xnat", "host", "user", "project", "policy", "request_counts"]

@@ -1,0 +1,133 @@
+"""The in-process executor and the scoring slot, on the real local Prefect server of the session:
+heartbeats come from the worker, a Suspend request reaches a run through the shared observer, a
+stop gives running runs a grace period and marks the rest crashed, and a slot of a global
+concurrency limit is held, waited for and given back."""
+
+from __future__ import annotations
+
+import contextvars
+import threading
+import time
+import uuid
+from typing import Any
+
+import pytest
+from prefect import flow, task
+
+from flows.concurrency_slot import ConcurrencyLimitMissing, hold_slot
+from flows.worker import FlowRunWorker
+
+pytestmark = pytest.mark.slow
+
+
+@task
+def _tick(i: int) -> int:
+    return i
+
+
+@flow(name="cbctqa-test-nap")
+def nap(seconds: float) -> int:
+    """Calls a task every 0.1 s for ``seconds`` (task calls are where a suspension lands)."""
+    n = 0
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        n = _tick(n) + 1
+        time.sleep(0.1)
+    return n
+
+
+def _deploy(name: str) -> Any:
+    dep = nap.to_deployment(name=name)
+    return dep.apply()
+
+
+def _run(client: Any, deployment_id: Any, seconds: float) -> Any:
+    return client.create_flow_run_from_deployment(deployment_id, parameters={"seconds": seconds})
+
+
+def _state(client: Any, run_id: Any) -> Any:
+    return client.read_flow_run(run_id).state
+
+
+def _wait_for(predicate: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(0.2)
+    pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def test_heartbeats_suspension_and_stop_grace(prefect_api_url: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.events.filters import EventFilter, EventNameFilter, EventResourceFilter
+    from prefect.states import Suspended
+
+    dep_id = _deploy(f"worker-{uuid.uuid4().hex[:8]}")
+    with get_client(sync_client=True) as client:
+        quick = _run(client, dep_id, 0.3)
+        worker = FlowRunWorker({dep_id: nap}, workers=2, poll_interval=0.2, stop_grace=1.0).start()
+        try:
+            _wait_for(lambda: _state(client, quick.id).is_final(), 120, "a short run to finish")
+            assert _state(client, quick.id).is_completed()
+            long = _run(client, dep_id, 120)
+            _wait_for(lambda: _state(client, long.id).is_running(), 120, "the long run to start")
+            time.sleep(1.0)
+            client.set_flow_run_state(long.id, Suspended(timeout_seconds=600), force=True)
+            # the engine notices at its next task call and ends the run suspended
+            _wait_for(lambda: str(long.id) in worker.durations, 60, "the suspended run to stop")
+            assert _state(client, long.id).name == "Suspended"
+            stuck = _run(client, dep_id, 15)
+            _wait_for(lambda: _state(client, stuck.id).is_running(), 120, "a third run to start")
+        finally:
+            t0 = time.monotonic()
+            worker.stop()
+        assert time.monotonic() - t0 < 10  # one second of grace, not the run's 15 s
+        state = _state(client, stuck.id)
+        assert state.is_crashed(), state
+        assert "stopped before the run finished" in (state.message or "")
+        # the abandoned run's thread ends by itself; let it, so that it talks to no server later
+        _wait_for(lambda: worker.busy == 0, 60, "the abandoned run's thread to end")
+    # heartbeats come from the worker, as the engine's event (persisted asynchronously)
+    resource = f"prefect.flow-run.{long.id}"
+    query = {"filter": EventFilter(event=EventNameFilter(name=["prefect.flow-run.heartbeat"]),
+                                   resource=EventResourceFilter(id=[resource])).model_dump(mode="json"),
+             "limit": 10}  # fmt: skip
+    found: list[Any] = []
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and not found:
+        with get_client(sync_client=True) as client:
+            found = client.request("POST", "/events/filter", json=query).json()["events"]
+        time.sleep(0.5)
+    assert found, "no heartbeat event for the long run"
+    assert found[0]["resource"]["prefect.resource.id"] == resource
+
+
+def test_hold_slot_waits_for_a_free_slot_and_gives_it_back(prefect_api_url: str) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    name = f"cbctqa-test-{uuid.uuid4().hex[:8]}"
+    with pytest.raises(ConcurrencyLimitMissing, match=name), hold_slot(name):
+        pass
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    first_in = threading.Event()
+    release = threading.Event()
+
+    def holder() -> None:
+        with hold_slot(name):
+            first_in.set()
+            release.wait(30)
+
+    t = threading.Thread(target=contextvars.copy_context().run, args=(holder,))  # Prefect settings
+    t.start()
+    assert first_in.wait(60)
+    threading.Timer(1.5, release.set).start()
+    with hold_slot(name) as slot:  # full until the holder lets go
+        assert slot.waited_s >= 1.0
+        with get_client(sync_client=True) as client:
+            assert client.read_global_concurrency_limit_by_name(name).active_slots == 1
+    t.join(30)
+    with get_client(sync_client=True) as client:
+        assert client.read_global_concurrency_limit_by_name(name).active_slots == 0
