@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from uuid import UUID
 
-__all__ = ["ConcurrencyLimitMissing", "SlotLease", "hold_slot"]
+__all__ = ["ConcurrencyLimitMissing", "SlotLease", "hold_slot", "post_once"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class SlotLease:
         self.attempts = attempts
 
 
-def _send_once(client: Any, path: str, body: dict[str, Any]) -> Any:
+def post_once(client: Any, path: str, body: Any) -> Any:
     """POST ``body`` to the Prefect API ``path`` once: Prefect's HTTP client sleeps before it
     gives up even with ``PREFECT_CLIENT_MAX_RETRIES=0``, so the request goes through the
     underlying ``httpx.Client`` (same base URL, auth headers, TLS; CSRF token when enabled).
@@ -90,7 +90,7 @@ def _acquire(
                                     "lease_duration": lease_s}  # fmt: skip
             if holder is not None:
                 body["holder"] = holder.model_dump(mode="json")
-            response = _send_once(client, "/v2/concurrency_limits/increment-with-lease", body)
+            response = post_once(client, "/v2/concurrency_limits/increment-with-lease", body)
         except Exception as exc:
             code = _status(exc)
             if code == 423:  # full: wait as long as the server asks
@@ -178,7 +178,7 @@ def hold_slot(
     def renew() -> None:
         with get_client(sync_client=True) as renewer:
             while not stop.wait(lease_s / 3):
-                _quietly(f"renewing the lease on {name!r}", lambda: _send_once(
+                _quietly(f"renewing the lease on {name!r}", lambda: post_once(
                     renewer, f"/v2/concurrency_limits/leases/{lease.lease_id}/renew",
                     {"lease_duration": lease_s}))  # fmt: skip
 
@@ -192,6 +192,6 @@ def hold_slot(
     finally:
         stop.set()  # the renewer wakes at once; no join needed
         with get_client(sync_client=True) as client:
-            _quietly(f"releasing the slot of {name!r}", lambda: _send_once(
+            _quietly(f"releasing the slot of {name!r}", lambda: post_once(
                 client, "/v2/concurrency_limits/decrement-with-lease",
                 {"lease_id": str(lease.lease_id)}))  # fmt: skip

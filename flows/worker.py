@@ -152,7 +152,7 @@ class FlowRunWorker:
                     self.poll_once(client)
                 except Exception as exc:
                     logger.warning("%s: polling the Prefect API failed: %s", self._name, exc)
-                self._send_heartbeats()
+                self._send_heartbeats(client)
                 self._wake.wait(self._poll)  # a finished run wakes the poll at once
                 self._wake.clear()
 
@@ -226,10 +226,15 @@ class FlowRunWorker:
             self._beats[str(run.id)] = (0.0, resource, related)
             self.executed.append(str(run.id))
 
-    def _send_heartbeats(self) -> None:
-        """Emit ``prefect.flow-run.heartbeat`` for each run executing here that is due one."""
-        from prefect.events import emit_event
+    def _send_heartbeats(self, client: Any) -> None:
+        """Send ``prefect.flow-run.heartbeat`` for each run executing here that is due one: one
+        ``POST /events`` without retries (a heartbeat that does not arrive is simply late; sent
+        through Prefect's events worker, one addressed to a server that has gone away held up
+        the process's other events for a minute of retries)."""
+        from prefect.events.schemas.events import Event
         from prefect.settings import get_current_settings
+
+        from flows.concurrency_slot import post_once
 
         every = get_current_settings().flows.heartbeat_frequency
         now = time.monotonic()
@@ -239,11 +244,14 @@ class FlowRunWorker:
             due = [(r, b) for r, b in self._beats.items() if every and now - b[0] >= every]
             for run_id, (_, resource, related) in due:
                 self._beats[run_id] = (now, resource, related)
-        for _run_id, (_, resource, related) in due:
-            try:
-                emit_event(event="prefect.flow-run.heartbeat", resource=resource, related=related)
-            except Exception as exc:
-                logger.debug("%s: heartbeat failed: %s", self._name, exc)
+        if not due or self._stop.is_set():
+            return
+        events = [Event(event="prefect.flow-run.heartbeat", resource=resource, related=related)
+                  .model_dump(mode="json") for _, (_, resource, related) in due]  # fmt: skip
+        try:
+            post_once(client, "/events", events)
+        except Exception as exc:
+            logger.debug("%s: heartbeats not sent: %s", self._name, exc)
 
     def _execute(self, flow: Flow[Any, Any], run: FlowRun) -> None:
         t0 = time.perf_counter()
