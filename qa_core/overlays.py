@@ -28,6 +28,7 @@ and with the former matplotlib-figure renderer. Thread-safe; needs no display.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, Final
@@ -39,6 +40,9 @@ import torch
 from qa_core.attribution import AttributionResult
 from qa_core.errors import AttributionError
 from qa_core.volume import Volume
+
+#: Threads that encode and write overlay PNGs (zlib releases the GIL).
+_ENCODERS: Final = 2
 
 __all__ = [
     "CONTOUR_COLOR",
@@ -479,64 +483,71 @@ def write_overlays(
     h, w = result.map_shape
     series_uid = str(result.provenance.get("series_uid") or "")
     written: list[Path] = []
-    for k, category in enumerate(result.categories):
-        vmax = float(result.cams[k].max())
-        vmax = vmax if vmax > 0 else 1.0
-        cat_masks = masks.get(category)
-        frame = _Frame(side * factor, 4 if cat_masks is not None else 3, vmax, lut)
-        for rank, s in enumerate(top_slices(result, category, top_k), start=1):
-            img = np.asarray(slices[s], dtype=np.float32)
-            mask: npt.NDArray[Any] | None = None
-            if cat_masks is not None:
-                mask = cat_masks.get(s) if isinstance(cat_masks, dict) else cat_masks[s]
-            if mask is not None and not mask.any():
-                mask = None
-            if pad:
-                img = _square_pad(img, lo)
-            if mask is not None:
-                mask = _square_pad(np.asarray(mask, dtype=bool), False)
-            rgb = render_overlay(
-                img,
-                result.cams[k, s],
-                grey_range=(lo, hi),
-                map_max=vmax,
-                alpha=alpha,
-                cmap=cmap,
-                contour=mask,
-                contour_color=contour_color,
-                scale=factor,
-            )
-            slice_ae = float(result.slice_ae[k, s])
-            score = float(result.slice_scores[k, s])
-            black = (0, 0, 0)
-            lines = [
-                (f"{category}: slice {s}, slice AE {slice_ae:.4g}, score {score:.2f}", black),
-                (f"volume AE {result.ae[category]:.4g}; grey: {grey_label} {lo:g}..{hi:g}", black),
-                (f"colour: raw {result.method} map (a.u.; AE = sum over {h}x{w} cells)", black),
-            ]
-            if mask is not None:
-                lines.append((f"outline: {category} region", contour_color))
-            png, _ = frame.compose(rgb, lines)
-            info = PngInfo()
-            meta = {
-                "category": category,
-                "slice": str(s),
-                "rank": str(rank),
-                "slice_ae": repr(slice_ae),
-                "volume_ae": repr(float(result.ae[category])),
-                "score": repr(score),
-                "map_max": repr(vmax),
-                "method": result.method,
-                "target_layer": result.target_layer,
-                "grey_window": f"{grey_label} {lo:g}..{hi:g}",
-                "contour": "yes" if mask is not None else "no",
-                "series_uid": series_uid,
-                "image_box": f"{frame.margin} {frame.title_h} {rgb.shape[1]} {rgb.shape[0]}",
-                "Software": f"cbctqa {__version__}",
-            }
-            for key, value in meta.items():
-                info.add_text(key, value)
-            path = out / f"{category}_top{rank}_slice{s:04d}.png"
-            png.save(path, format="PNG", pnginfo=info, dpi=(dpi, dpi), compress_level=1)
-            written.append(path)
+    saves: list[Future[Any]] = []
+    with ThreadPoolExecutor(max_workers=_ENCODERS, thread_name_prefix="cbctqa-png") as encoder:
+        for k, category in enumerate(result.categories):
+            vmax = float(result.cams[k].max())
+            vmax = vmax if vmax > 0 else 1.0
+            cat_masks = masks.get(category)
+            frame = _Frame(side * factor, 4 if cat_masks is not None else 3, vmax, lut)
+            for rank, s in enumerate(top_slices(result, category, top_k), start=1):
+                img = np.asarray(slices[s], dtype=np.float32)
+                mask: npt.NDArray[Any] | None = None
+                if cat_masks is not None:
+                    mask = cat_masks.get(s) if isinstance(cat_masks, dict) else cat_masks[s]
+                if mask is not None and not mask.any():
+                    mask = None
+                if pad:
+                    img = _square_pad(img, lo)
+                if mask is not None:
+                    mask = _square_pad(np.asarray(mask, dtype=bool), False)
+                rgb = render_overlay(
+                    img,
+                    result.cams[k, s],
+                    grey_range=(lo, hi),
+                    map_max=vmax,
+                    alpha=alpha,
+                    cmap=cmap,
+                    contour=mask,
+                    contour_color=contour_color,
+                    scale=factor,
+                )
+                slice_ae = float(result.slice_ae[k, s])
+                score = float(result.slice_scores[k, s])
+                black = (0, 0, 0)
+                lines = [
+                    (f"{category}: slice {s}, slice AE {slice_ae:.4g}, score {score:.2f}", black),
+                    (f"volume AE {result.ae[category]:.4g}; grey: {grey_label} {lo:g}..{hi:g}", black),
+                    (f"colour: raw {result.method} map (a.u.; AE = sum over {h}x{w} cells)", black),
+                ]
+                if mask is not None:
+                    lines.append((f"outline: {category} region", contour_color))
+                png, _ = frame.compose(rgb, lines)
+                info = PngInfo()
+                meta = {
+                    "category": category,
+                    "slice": str(s),
+                    "rank": str(rank),
+                    "slice_ae": repr(slice_ae),
+                    "volume_ae": repr(float(result.ae[category])),
+                    "score": repr(score),
+                    "map_max": repr(vmax),
+                    "method": result.method,
+                    "target_layer": result.target_layer,
+                    "grey_window": f"{grey_label} {lo:g}..{hi:g}",
+                    "contour": "yes" if mask is not None else "no",
+                    "series_uid": series_uid,
+                    "image_box": f"{frame.margin} {frame.title_h} {rgb.shape[1]} {rgb.shape[0]}",
+                    "Software": f"cbctqa {__version__}",
+                }
+                for key, value in meta.items():
+                    info.add_text(key, value)
+                path = out / f"{category}_top{rank}_slice{s:04d}.png"
+                # PNG encoding (zlib, which releases the GIL) is most of the cost at 512²: the
+                # files are written by a few threads while the next overlays are rendered
+                saves.append(encoder.submit(png.save, path, format="PNG", pnginfo=info,
+                                            dpi=(dpi, dpi), compress_level=1))  # fmt: skip
+                written.append(path)
+        for done in saves:
+            done.result()  # an encoding or writing error surfaces here
     return written
