@@ -95,6 +95,24 @@ def pytest_configure(config: pytest.Config) -> None:
         signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
+@pytest.fixture(autouse=True)
+def _fresh_prefect_events_worker() -> Iterator[None]:
+    """After each test, flush and retire Prefect's process-wide events worker.
+
+    Prefect keeps ONE events worker per process for a self-hosted API (its key holds no URL);
+    its client targets the API it was started for. Tests here start several Prefect servers in
+    one process, one after the other: once a test's server had stopped, the worker kept
+    retrying that server for a minute, and the next tests' events (``cbctqa.session.scored``,
+    triggers, alerts) waited behind it or went to the dead server. A production process talks
+    to one API and never meets this. The next emit starts a fresh worker for its own API."""
+    import sys
+
+    yield
+    worker = sys.modules.get("prefect.events.worker")
+    if worker is not None:
+        worker.EventsWorker.drain_all(timeout=5, at_exit=False)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """Keep the end of the run readable: after the summary, background clients of servers the
     tests already stopped (Prefect's event and log workers, xnatpy sessions disconnecting in
