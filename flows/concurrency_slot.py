@@ -26,10 +26,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from flows.prefect_requests import post_once
+
 if TYPE_CHECKING:
     from uuid import UUID
 
-__all__ = ["ConcurrencyLimitMissing", "SlotLease", "hold_slot", "post_once"]
+__all__ = ["ConcurrencyLimitMissing", "SlotLease", "hold_slot"]
 
 logger = logging.getLogger(__name__)
 
@@ -49,24 +51,6 @@ class SlotLease:
         self.lease_id = lease_id
         self.waited_s = waited_s
         self.attempts = attempts
-
-
-def post_once(client: Any, path: str, body: Any) -> Any:
-    """POST ``body`` to the Prefect API ``path`` once: Prefect's HTTP client sleeps before it
-    gives up even with ``PREFECT_CLIENT_MAX_RETRIES=0``, so the request goes through the
-    underlying ``httpx.Client`` (same base URL, auth headers, TLS; CSRF token when enabled).
-    Raises ``httpx.HTTPStatusError`` for an error answer."""
-    import httpx
-
-    http = getattr(client, "_client", None)
-    if not isinstance(http, httpx.Client):  # pragma: no cover - a Prefect without it
-        raise RuntimeError("this Prefect client has no httpx client to send through")
-    request = http.build_request("POST", path, json=body)
-    if getattr(http, "enable_csrf_support", False):
-        http._add_csrf_headers(request)  # type: ignore[attr-defined]
-    response = httpx.Client.send(http, request)
-    response.raise_for_status()
-    return response
 
 
 def _status(exc: BaseException) -> int | None:

@@ -234,7 +234,7 @@ class FlowRunWorker:
         from prefect.events.schemas.events import Event
         from prefect.settings import get_current_settings
 
-        from flows.concurrency_slot import post_once
+        from flows.prefect_requests import post_once
 
         every = get_current_settings().flows.heartbeat_frequency
         now = time.monotonic()
