@@ -10,14 +10,24 @@ Prefect's HTTP client retries after an exponential back-off that starts at 2 s. 
 waited 1.9-2.4 s with every slot free.
 
 :func:`hold_slot` speaks the same API (``/v2/concurrency_limits/increment-with-lease``, a
-lease renewed in the background, ``decrement-with-lease`` on exit) and differs only in its
+lease renewed in the background, ``decrement-with-lease`` at the end) and differs in its
 retries: a ``503`` is retried after 20 ms, doubling to at most 0.5 s (for up to
 ``busy_limit_s``); a ``423`` (the limit is full) waits the server's ``Retry-After`` as Prefect
 does. PostgreSQL servers rarely answer ``503`` at all; there the two behave the same.
+
+It can also take the two round trips off the caller's path: with ``wait=False`` the slot is
+acquired in the background while the caller does other work (``score_session`` looks the
+session up and writes it ``queued`` meanwhile, then waits), and with
+``release_in_background`` the caller goes on while the slot is given back. One Prefect client
+per process and API serves all slots (a client per slot cost a connection and a CSRF-token
+request each time).
 """
 
 from __future__ import annotations
 
+import atexit
+import contextlib
+import contextvars
 import logging
 import random
 import threading
@@ -26,12 +36,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from flows.prefect_requests import post_once
+from flows.prefect_requests import close_owned_client, open_owned_client, post_once
 
 if TYPE_CHECKING:
     from uuid import UUID
 
-__all__ = ["ConcurrencyLimitMissing", "SlotLease", "hold_slot"]
+__all__ = ["ConcurrencyLimitMissing", "SlotLease", "hold_slot", "wait_for_releases"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,12 +55,33 @@ class ConcurrencyLimitMissing(RuntimeError):
 
 
 class SlotLease:
-    """A held slot: its lease ID and the seconds spent waiting for it."""
+    """A slot being acquired or held: its lease ID once acquired, the seconds spent waiting.
 
-    def __init__(self, lease_id: UUID, waited_s: float, attempts: int) -> None:
-        self.lease_id = lease_id
-        self.waited_s = waited_s
-        self.attempts = attempts
+    :func:`hold_slot` with ``wait=False`` yields it while the slot is still being acquired in
+    the background; :meth:`wait` blocks until it is held (and raises what the acquisition
+    raised)."""
+
+    def __init__(self) -> None:
+        self.lease_id: UUID | None = None
+        self.waited_s = 0.0
+        """Seconds from asking for the slot to holding it."""
+        self.blocked_s = 0.0
+        """Seconds :meth:`wait` blocked the caller (less than ``waited_s`` when the slot was
+        acquired while the caller did other work)."""
+        self.attempts = 0
+        self._ready = threading.Event()
+        self._error: BaseException | None = None
+        self._cancelled = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> SlotLease:
+        """Block until the slot is held; re-raises the acquisition's error."""
+        t0 = time.perf_counter()
+        if not self._ready.wait(timeout):
+            raise TimeoutError(f"no slot within {timeout} s")
+        self.blocked_s += time.perf_counter() - t0
+        if self._error is not None:
+            raise self._error
+        return self
 
 
 def _status(exc: BaseException) -> int | None:
@@ -59,16 +90,17 @@ def _status(exc: BaseException) -> int | None:
 
 
 def _acquire(
-    client: Any, name: str, lease_s: float, holder: Any, busy_limit_s: float
-) -> SlotLease:
+    client: Any, name: str, lease_s: float, holder: Any, busy_limit_s: float, lease: SlotLease
+) -> None:
+    """Acquire the slot into ``lease`` (its ID, waited seconds, attempts); stops early, with
+    nothing acquired, once the lease is cancelled."""
     from uuid import UUID
 
     t0 = time.perf_counter()
     busy_since: float | None = None
     delay = _BUSY_FIRST_S
-    attempts = 0
-    while True:
-        attempts += 1
+    while not lease._cancelled.is_set():
+        lease.attempts += 1
         try:
             body: dict[str, Any] = {"names": [name], "slots": 1, "mode": "concurrency",
                                     "lease_duration": lease_s}  # fmt: skip
@@ -80,14 +112,14 @@ def _acquire(
             if code == 423:  # full: wait as long as the server asks
                 busy_since = None
                 retry_after = float(exc.response.headers.get("Retry-After", "1"))  # type: ignore[attr-defined]
-                time.sleep(max(0.05, retry_after))
+                lease._cancelled.wait(max(0.05, retry_after))
                 continue
             if code == 503 or (code is None and _is_connection_trouble(exc)):
                 now = time.perf_counter()
                 busy_since = busy_since if busy_since is not None else now
                 if now - busy_since > busy_limit_s:
                     raise
-                time.sleep(delay * (1 + random.random() / 2))
+                lease._cancelled.wait(delay * (1 + random.random() / 2))
                 delay = min(delay * 2, _BUSY_MAX_S)
                 continue
             raise
@@ -98,7 +130,9 @@ def _acquire(
                 f"`cbctqa deploy` and `cbctqa score-pending` create it, or run "
                 f"`prefect gcl create {name} --limit N`"
             )
-        return SlotLease(UUID(str(response.json()["lease_id"])), time.perf_counter() - t0, attempts)
+        lease.lease_id = UUID(str(response.json()["lease_id"]))
+        lease.waited_s = time.perf_counter() - t0
+        return
 
 
 def _is_connection_trouble(exc: BaseException) -> bool:
@@ -124,6 +158,51 @@ def _quietly(what: str, call: Any, tries: int = 6) -> None:
             delay = min(delay * 4, 2.0)
 
 
+_CLIENTS: dict[tuple[str, str], Any] = {}
+_CLIENTS_LOCK = threading.Lock()
+_KEEPERS: set[threading.Thread] = set()
+
+
+def _shared_client() -> Any:
+    """This process's Prefect client for the current API (URL, key, auth string): opened on
+    first use, shared by all slots (its ``httpx`` client is thread-safe), closed at exit. A
+    client per slot cost a connection and a CSRF-token request on every acquisition, and a
+    release finishing after its run must not use the run's client (closed with the run)."""
+    import hashlib
+
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY, PREFECT_API_URL
+
+    secrets = f"{PREFECT_API_KEY.value()}|{PREFECT_API_AUTH_STRING.value()}"
+    key = (str(PREFECT_API_URL.value()), hashlib.sha256(secrets.encode()).hexdigest())
+    with _CLIENTS_LOCK:
+        client = _CLIENTS.get(key)
+        if client is None:
+            client = _CLIENTS[key] = open_owned_client()
+        return client
+
+
+def wait_for_releases(timeout: float = 10.0) -> bool:
+    """Wait up to ``timeout`` seconds for slots released in the background to be given back;
+    ``True`` when none is left."""
+    deadline = time.monotonic() + timeout
+    with _CLIENTS_LOCK:
+        keepers = list(_KEEPERS)
+    for thread in keepers:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return not any(t.is_alive() for t in keepers)
+
+
+@atexit.register
+def _at_exit() -> None:  # pragma: no cover - process exit
+    wait_for_releases(5.0)
+    with _CLIENTS_LOCK:
+        clients = list(_CLIENTS.values())
+        _CLIENTS.clear()
+    for client in clients:
+        with contextlib.suppress(Exception):
+            close_owned_client(client)
+
+
 @contextmanager
 def hold_slot(
     name: str,
@@ -131,8 +210,13 @@ def hold_slot(
     lease_s: float = 300.0,
     holder: Any = None,
     busy_limit_s: float = 60.0,
+    wait: bool = True,
+    release_in_background: bool = False,
 ) -> Iterator[SlotLease]:
     """Hold one slot of the global concurrency limit ``name`` for the ``with`` block.
+
+    A background thread acquires the slot, renews its lease every third of ``lease_s`` and
+    gives it back when the block ends.
 
     Parameters
     ----------
@@ -146,36 +230,57 @@ def hold_slot(
         ``prefect.client.schemas.objects.ConcurrencyLeaseHolder`` shown on the lease.
     busy_limit_s:
         How long a server answering ``503``/refusing connections is retried before giving up.
+    wait:
+        Enter the block once the slot is held (default). With ``False`` the block starts at
+        once while the slot is acquired in the background: call :meth:`SlotLease.wait`
+        before the work the slot guards (the caller's other work hides the acquisition). A
+        block that ends before that gives the slot back, or stops asking for it.
+    release_in_background:
+        Leave the block without waiting for the slot to be given back (one request, retried
+        on ``503``); :func:`wait_for_releases` waits for such releases (and does at exit).
 
     Yields
     ------
     SlotLease
         With ``waited_s``, the seconds spent acquiring the slot.
     """
-    from prefect.client.orchestration import get_client
-
     lease_s = min(max(lease_s, 60.0), 86400.0)
-    with get_client(sync_client=True) as client:
-        lease = _acquire(client, name, lease_s, holder, busy_limit_s)
-    stop = threading.Event()
+    client = _shared_client()
+    lease = SlotLease()
+    done = threading.Event()
 
-    def renew() -> None:
-        with get_client(sync_client=True) as renewer:
-            while not stop.wait(lease_s / 3):
+    def keep() -> None:
+        try:
+            _acquire(client, name, lease_s, holder, busy_limit_s, lease)
+        except BaseException as exc:
+            lease._error = exc
+        finally:
+            lease._ready.set()
+        try:
+            if lease.lease_id is None:
+                return
+            while not done.wait(lease_s / 3):
                 _quietly(f"renewing the lease on {name!r}", lambda: post_once(
-                    renewer, f"/v2/concurrency_limits/leases/{lease.lease_id}/renew",
+                    client, f"/v2/concurrency_limits/leases/{lease.lease_id}/renew",
                     {"lease_duration": lease_s}))  # fmt: skip
-
-    import contextvars
-
-    thread = threading.Thread(target=contextvars.copy_context().run, args=(renew,),
-                              name=f"lease-{name}", daemon=True)  # fmt: skip
-    thread.start()
-    try:
-        yield lease
-    finally:
-        stop.set()  # the renewer wakes at once; no join needed
-        with get_client(sync_client=True) as client:
             _quietly(f"releasing the slot of {name!r}", lambda: post_once(
                 client, "/v2/concurrency_limits/decrement-with-lease",
                 {"lease_id": str(lease.lease_id)}))  # fmt: skip
+        finally:
+            with _CLIENTS_LOCK:
+                _KEEPERS.discard(threading.current_thread())
+
+    thread = threading.Thread(target=contextvars.copy_context().run, args=(keep,),
+                              name=f"slot-{name}", daemon=True)  # fmt: skip
+    with _CLIENTS_LOCK:
+        _KEEPERS.add(thread)
+    thread.start()
+    try:
+        if wait:
+            lease.wait()
+        yield lease
+    finally:
+        lease._cancelled.set()  # stop asking if the slot is not held yet
+        done.set()  # the keeper wakes at once and gives the slot back
+        if not release_in_background:
+            thread.join(timeout=30)

@@ -30,7 +30,7 @@ from prefect.cache_policies import NONE as NO_CACHE
 
 from flows.events import emit_alert
 from flows.scoring import analyze_project, model_version, write_outlier_flags
-from flows.session_flows import _gateway, _transient_only, worker_model
+from flows.session_flows import NO_RESULTS, _gateway, _transient_only, worker_model
 from qa_core import __version__
 from qa_core.errors import CbctQaError
 
@@ -276,7 +276,7 @@ def _superseded() -> bool:
                for r in waiting)  # fmt: skip
 
 
-@flow(name="monitor_cohort", log_prints=False)
+@flow(name="monitor_cohort", log_prints=False, **NO_RESULTS)
 def monitor_cohort(project: str, n_resamples: int = 2000) -> dict[str, Any]:
     """Statistics, outlier flags, the project report and one ``cbctqa.alert`` per new outlier.
 

@@ -49,7 +49,10 @@ class PendingSummary:
     broken_runs: dict[str, str] = field(default_factory=dict)
     runs: list[dict[str, Any]] = field(default_factory=list)
     run_seconds: dict[str, float] = field(default_factory=dict)
-    """Run ID → seconds from claim to final state, for the runs this process executed."""
+    """Run ID → seconds from start to final state, for the runs this process executed."""
+    run_spans: dict[str, tuple[float, float, float]] = field(default_factory=dict)
+    """Run ID → ``time.perf_counter()`` at claim, start and end, for the runs this process
+    executed (see :attr:`flows.worker.FlowRunWorker.spans`)."""
 
     @property
     def ok(self) -> bool:
@@ -161,6 +164,8 @@ def score_pending(
                     summary.not_retried.append(s.label)
             summary.run_seconds = {r["flow_run_id"]: worker.durations[r["flow_run_id"]]
                                    for r in runs if r["flow_run_id"] in worker.durations}  # fmt: skip
+            summary.run_spans = {r["flow_run_id"]: worker.spans[r["flow_run_id"]]
+                                 for r in runs if r["flow_run_id"] in worker.spans}  # fmt: skip
             out[project] = summary
     close_worker_gateways()
     return out

@@ -3,11 +3,13 @@
 Thin over :mod:`flows.scoring` and the gateway:
 
 ``score_session(project, session_id, attempt)``
-    look the session up, list its scans and choose the CBCT scan (tasks, retried with backoff
-    on transient trouble only), write the assessment ``queued``, wait for a slot of the global
-    concurrency limit ``cbctqa-scoring`` (:func:`flows.concurrency_slot.hold_slot`), then download, ``load_series``,
-    ``attribute_volume``, products and write-back (``running`` → resources → ``complete``) as
-    one task retried on transient trouble, and emit ``cbctqa.session.scored``. Bad data ends
+    asks for a slot of the global concurrency limit ``cbctqa-scoring``
+    (:func:`flows.concurrency_slot.hold_slot`, acquired in the background meanwhile), looks
+    the session up, stops if it is already done, chooses the CBCT scan and writes the
+    assessment ``queued`` (one task, retried with backoff on transient trouble only), waits
+    for the slot, then download, ``load_series``, ``attribute_volume``, products and
+    write-back (``running`` → resources → ``complete``) as one task retried on transient
+    trouble, and emits ``cbctqa.session.scored``; the slot is given back in the background. Bad data ends
     as a ``failed`` assessment whose reason is final until the session changes; transient
     trouble that outlives the task's retries ends as ``failed`` with ``attempt k of N, will
     retry`` for the next discovery pass (up to ``CBCTQA_MAX_ATTEMPTS``). The flow run itself
@@ -31,7 +33,6 @@ flow-run parameters.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import tempfile
 import threading
@@ -47,6 +48,7 @@ from prefect import flow, task
 from prefect.cache_policies import NONE as NO_CACHE
 from prefect.client.schemas.objects import StateType
 from prefect.exceptions import ObjectAlreadyExists
+from prefect.settings import get_current_settings
 
 from flows.concurrency_slot import hold_slot
 from flows.events import emit_session_scored
@@ -113,6 +115,10 @@ def worker_model() -> nn.Module:
             from qa_core.model import load_model
 
             model = load_model(settings.model_path, device=settings.device)
+            # imported with the model (once per process): importing pytorch-grad-cam (and the
+            # torchvision it pulls in) took 6-8 s inside the first session's attribution
+            import pytorch_grad_cam  # noqa: F401
+
             _MODELS[key] = model
             MODEL_LOADS += 1
             logger.info("worker model %s loaded (%s)", model_version(model), key)
@@ -221,28 +227,39 @@ def _transient_only(task: Any, task_run: Any, state: Any) -> bool:
 _RETRIES, _DELAYS, _JITTER = 2, [1.0, 4.0], 0.5
 
 
-@task(name="find-session", retries=_RETRIES, retry_delay_seconds=_DELAYS, retry_jitter_factor=_JITTER,
-      retry_condition_fn=_transient_only, cache_policy=NO_CACHE)
-def find_session(project: str, session_id: str) -> SessionRef:
-    """The session (by accession ID or label) in the project; one request."""
-    with _gateway() as gw:
-        return gw.get_session(session_id, project)
+@task(name="prepare-session", retries=_RETRIES, retry_delay_seconds=_DELAYS,
+      retry_jitter_factor=_JITTER, retry_condition_fn=_transient_only, cache_policy=NO_CACHE)
+def prepare_session(
+    project: str, session_id: str, version: str, rescore: bool = False
+) -> tuple[SessionRef, str | None, str, float]:
+    """Look the session up (by accession ID or label; one request), stop if it has a complete
+    assessment by ``version`` (one listing filtered to the session; not with ``rescore``),
+    else choose the CBCT scan (one request) and write the assessment ``queued``.
 
-
-@task(name="queue-scan", retries=_RETRIES, retry_delay_seconds=_DELAYS, retry_jitter_factor=_JITTER,
-      retry_condition_fn=_transient_only, cache_policy=NO_CACHE)
-def queue_scan(session: SessionRef, version: str) -> tuple[str, str]:
-    """Choose the CBCT scan (one request) and write the assessment ``queued``; returns the scan
-    ID and the scans fingerprint."""
+    Returns the session, the scan ID (``None`` when already done), the scans fingerprint and
+    the seconds spent talking to XNAT. An error after the lookup carries the session and the
+    fingerprint of the scans seen (attributes ``session`` and ``scans_fingerprint``), so that
+    the failure can be recorded on the session."""
     from xnat_plugin.gateway import AssessmentRecord, scans_fingerprint
 
+    t0 = time.perf_counter()
     with _gateway() as gw:
-        scans = gw.list_scans(session)
-        scan_id = gw.select_scan(session, scans=scans).scan_id
-        gw.write_assessment(
-            session, AssessmentRecord(status="queued", scan_id=scan_id, model_version=version)
-        )
-    return scan_id, scans_fingerprint(scans)
+        session = gw.get_session(session_id, project)
+        fingerprint = ""
+        try:
+            if not rescore and _already_complete(gw, session, version):
+                return session, None, "", time.perf_counter() - t0
+            scans = gw.list_scans(session)
+            fingerprint = scans_fingerprint(scans)
+            scan_id = gw.select_scan(session, scans=scans).scan_id
+            gw.write_assessment(
+                session, AssessmentRecord(status="queued", scan_id=scan_id, model_version=version)
+            )
+        except CbctQaError as exc:
+            exc.session = session  # type: ignore[attr-defined]
+            exc.scans_fingerprint = fingerprint  # type: ignore[attr-defined]
+            raise
+    return session, scan_id, fingerprint, time.perf_counter() - t0
 
 
 @task(name="score-scan", retries=_RETRIES, retry_delay_seconds=_DELAYS, retry_jitter_factor=_JITTER,
@@ -270,8 +287,17 @@ def score_scan_task(
 
 # ---------------------------------------------------------------------- flows
 
+#: Flow options: results are not kept by Prefect (the outcome lives in XNAT), and their
+#: storage is Prefect's local path, named here: without it the engine asks the server for its
+#: default result storage twice per run (``GET /admin/storage``, ~10 ms each).
+NO_RESULTS: dict[str, Any] = {
+    "persist_result": False,
+    "result_storage": Path(get_current_settings().results.local_storage_path),
+}
 
-@flow(name="score_session", timeout_seconds=get_settings().session_timeout_s, log_prints=False)
+
+@flow(name="score_session", timeout_seconds=get_settings().session_timeout_s, log_prints=False,
+      **NO_RESULTS)
 def score_session(
     project: str, session_id: str, attempt: int = 1, rescore: bool = False
 ) -> dict[str, Any]:
@@ -288,44 +314,48 @@ def score_session(
     rescore:
         Score even when a complete assessment by this model version exists (on request).
     """
-    from xnat_plugin.gateway import scans_fingerprint
-
     t_start = time.perf_counter()
     settings = get_settings()
-    model = worker_model()
-    version = model_version(model)
+    version = model_version(worker_model())
     timings: dict[str, float] = {}
-    session = find_session(project, session_id)
-    base = {"project": project, "session_id": session.session_id, "label": session.label,
-            "model_version": version, "attempt": attempt}  # fmt: skip
-    if not rescore and _already_complete(session, version):
-        return {**base, "status": "already done"}
+    base = {"project": project, "session_id": session_id, "label": "", "model_version": version,
+            "attempt": attempt}  # fmt: skip
     scan_id = ""
     fingerprint = ""
-    try:
-        scan_id, fingerprint = queue_scan(session, version)
-        timings["select"] = time.perf_counter() - t_start
-        with hold_slot(SCORING_LIMIT, holder=_holder(), lease_s=_LEASE_S) as slot:
-            timings["wait"] = slot.waited_s
+    session: SessionRef | None = None
+    # the slot is asked for at once and acquired while the session is looked up and queued
+    with hold_slot(SCORING_LIMIT, holder=_holder(), lease_s=_LEASE_S, wait=False,
+                   release_in_background=True) as slot:  # fmt: skip
+        try:
+            session, chosen, fingerprint, timings["select"] = prepare_session(
+                project, session_id, version, rescore
+            )
+            base.update(session_id=session.session_id, label=session.label)
+            if chosen is None:
+                return {**base, "status": "already done"}
+            scan_id = chosen
+            timings["wait"] = slot.wait().blocked_s
             assessor, scores, ae, stages = score_scan_task(session, scan_id)
             timings.update(stages)
-    except CbctQaError as exc:
-        with _gateway() as gw:
-            if not fingerprint:  # the scan could not be chosen: fingerprint what is there
-                with contextlib.suppress(CbctQaError):
-                    fingerprint = scans_fingerprint(gw.list_scans(session))
-            reason, assessor_id = record_failure(
-                gw, session, scan_id, version, exc,
-                attempt=attempt, max_attempts=settings.max_attempts, scans=fingerprint,
-            )  # fmt: skip
-        if assessor_id is None:
-            raise  # not even the failure is in XNAT: fail the run; discovery starts a fresh one
-        return {**base, "status": "failed", "scan_id": scan_id, "reason": reason,
-                "transient": is_transient(exc), "timings": timings}  # fmt: skip
-    emit_session_scored(
-        project=project, session_id=session.session_id, label=session.label,
-        model_version=version, scores=scores, ae=ae, assessor_id=assessor,
-    )  # fmt: skip
+        except CbctQaError as exc:
+            session = session or getattr(exc, "session", None)
+            if session is None:
+                raise  # the session itself could not be read: discovery starts a fresh run
+            fingerprint = fingerprint or getattr(exc, "scans_fingerprint", "")
+            base.update(session_id=session.session_id, label=session.label)
+            with _gateway() as gw:
+                reason, assessor_id = record_failure(
+                    gw, session, scan_id, version, exc,
+                    attempt=attempt, max_attempts=settings.max_attempts, scans=fingerprint,
+                )  # fmt: skip
+            if assessor_id is None:
+                raise  # not even the failure is in XNAT: fail the run; discovery starts a fresh one
+            return {**base, "status": "failed", "scan_id": scan_id, "reason": reason,
+                    "transient": is_transient(exc), "timings": timings}  # fmt: skip
+        emit_session_scored(
+            project=project, session_id=session.session_id, label=session.label,
+            model_version=version, scores=scores, ae=ae, assessor_id=assessor,
+        )  # fmt: skip
     timings["flow"] = time.perf_counter() - t_start
     _remember_timings(timings)
     return {**base, "status": "complete", "scan_id": scan_id, "assessor_id": assessor,
@@ -364,16 +394,15 @@ def _holder() -> Any:
     return ConcurrencyLeaseHolder(type="flow_run", id=ctx.flow_run.id)
 
 
-def _already_complete(session: SessionRef, version: str) -> bool:
+def _already_complete(gw: XnatGateway, session: SessionRef, version: str) -> bool:
     """``True`` when the session has a complete assessment by ``version`` (one listing, filtered
     to the session)."""
-    with _gateway() as gw:
-        return any(
-            a.session_id == session.session_id
-            and a.record.status == "complete"
-            and a.record.model_version == version
-            for a in gw.read_assessments(session.project, session_id=session.session_id)
-        )
+    return any(
+        a.session_id == session.session_id
+        and a.record.status == "complete"
+        and a.record.model_version == version
+        for a in gw.read_assessments(session.project, session_id=session.session_id)
+    )
 
 
 @dataclass(frozen=True)
@@ -463,7 +492,7 @@ def create_score_run(
     return None
 
 
-@flow(name="discover_sessions", log_prints=False)
+@flow(name="discover_sessions", log_prints=False, **NO_RESULTS)
 def discover_sessions(project: str, session_id: str | None = None) -> list[dict[str, Any]]:
     """Find the project's sessions to score and create one ``score_session`` run per session.
 

@@ -15,7 +15,10 @@ Heartbeats (``prefect.flow-run.heartbeat`` every ``PREFECT_FLOWS_HEARTBEAT_FREQU
 the same event the engine sends) come from this worker's poll thread for all its runs at once:
 the engine's own heartbeat thread sleeps in 1 s steps and is joined when a run ends, which
 cost each run 0.5 s on average (measured: 0.39 s in two runs). Likewise the engine's per-run
-suspension observer is replaced by one shared observer (:mod:`flows.suspension_watch`).
+suspension observer is replaced by one shared observer (:mod:`flows.suspension_watch`), and
+its per-run Prefect client by one client the worker owns (the engine takes the client of the
+context it runs in; :func:`flows.prefect_requests.open_owned_client`). A claimed run is handed
+to the engine as the claim returned it (the engine reads it again as it starts).
 
 Production on a process work pool uses ``prefect worker start`` instead (one process per run,
 see the README); both may run side by side.
@@ -87,17 +90,35 @@ class FlowRunWorker:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._context = contextvars.copy_context()
+        self._client: Any = None
+        self._clients: Any = None
         self._beats: dict[str, tuple[float, Any, Any]] = {}  # run ID -> (last beat, resource, related)
         self.executed: list[str] = []
         """IDs of the runs this worker executed (in order of claiming)."""
         self.durations: dict[str, float] = {}
-        """Run ID → seconds from claiming the run to its final state (this worker's runs)."""
+        """Run ID → seconds from starting the claimed run to its final state (this worker's runs)."""
+        self.spans: dict[str, tuple[float, float, float]] = {}
+        """Run ID → ``time.perf_counter()`` when its claim was sent, when it started and when
+        it ended (this worker's runs; the benchmark derives the gaps between runs)."""
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> FlowRunWorker:
-        """Start polling in a background thread (Prefect settings of the caller's context)."""
+        """Start polling in a background thread (Prefect settings of the caller's context).
+
+        The poll thread and every run share one Prefect client, owned by this worker (the
+        engine would open a new one for each run: 30-60 ms and a CSRF-token request)."""
+        from prefect.context import SyncClientContext
+
+        from flows.prefect_requests import open_owned_client
+
         self._context = contextvars.copy_context()
+        self._client = open_owned_client()
+        clients = SyncClientContext.model_construct(client=self._client)
+        clients._httpx_settings = None  # what get_client compares with its own argument
+        clients._context_stack = 0
+        self._context.run(clients.__enter__)
+        self._clients = clients
         self._thread = threading.Thread(
             target=self._context.copy().run, args=(self._loop,), name=f"{self._name}-poll",
             daemon=True,
@@ -113,7 +134,7 @@ class FlowRunWorker:
         self._wake.set()
         if self._thread is not None:
             self._thread.join(timeout=30)
-        if not wait:
+        if not wait:  # runs may go on: the shared client is left open for them
             return
         with self._lock:
             running = {rid: f for rid, f in self._busy.items() if not f.done()}
@@ -124,6 +145,19 @@ class FlowRunWorker:
                                "(discovery starts the session again)", self._name, run_id,
                                self._grace)  # fmt: skip
                 self._mark_crashed(run_id, "the worker was stopped before the run finished")
+        from flows.concurrency_slot import wait_for_releases
+        from flows.prefect_requests import close_owned_client
+
+        wait_for_releases(10.0)  # scoring slots the runs gave back in the background
+        self._close_client(close_owned_client)
+
+    def _close_client(self, close: Any) -> None:
+        if self._clients is not None:
+            self._context.run(self._clients.__exit__, None, None, None)
+            self._clients = None
+        if self._client is not None:
+            close(self._client)
+            self._client = None
 
     def __enter__(self) -> FlowRunWorker:
         return self.start()
@@ -187,13 +221,16 @@ class FlowRunWorker:
         for run in runs:
             if submitted >= free or self._stop.is_set():
                 break
-            if self._claim(client, run):
-                self._submit(run)
+            t_claim = time.perf_counter()
+            claimed = self._claim(client, run)
+            if claimed is not None:
+                self._submit(claimed, t_claim)
                 submitted += 1
         return submitted
 
-    def _claim(self, client: Any, run: FlowRun) -> bool:
-        """Propose PENDING as Prefect workers do; only one claimant is accepted."""
+    def _claim(self, client: Any, run: FlowRun) -> FlowRun | None:
+        """Propose PENDING as Prefect workers do; only one claimant is accepted. Returns the
+        run in its accepted state (the engine reads it again when it starts), or ``None``."""
         from prefect.client.schemas.objects import StateType
         from prefect.states import Pending
 
@@ -201,11 +238,14 @@ class FlowRunWorker:
             result = client.set_flow_run_state(run.id, Pending())
         except Exception as exc:
             logger.info("%s: could not claim run %s: %s", self._name, run.id, exc)
-            return False
+            return None
         state = result.state
-        return state is not None and state.type == StateType.PENDING and result.status.value == "ACCEPT"
+        if state is None or state.type != StateType.PENDING or result.status.value != "ACCEPT":
+            return None
+        return run.model_copy(update={"state": state, "state_type": state.type,
+                                      "state_name": state.name})  # fmt: skip
 
-    def _submit(self, run: FlowRun) -> None:
+    def _submit(self, run: FlowRun, t_claim: float) -> None:
         flow = self._flows[run.deployment_id]  # type: ignore[index]
         ctx = self._context.copy()
         future: Future[None] = Future()
@@ -213,7 +253,7 @@ class FlowRunWorker:
         def target() -> None:
             future.set_running_or_notify_cancel()
             try:
-                ctx.run(self._execute, flow, run)
+                ctx.run(self._execute, flow, run, t_claim)
             except BaseException as exc:  # _execute logs and marks; keep the thread quiet
                 future.set_exception(exc)
             else:
@@ -253,26 +293,24 @@ class FlowRunWorker:
         except Exception as exc:
             logger.debug("%s: heartbeats not sent: %s", self._name, exc)
 
-    def _execute(self, flow: Flow[Any, Any], run: FlowRun) -> None:
+    def _execute(self, flow: Flow[Any, Any], run: FlowRun, t_claim: float) -> None:
         t0 = time.perf_counter()
         try:
             self._run(flow, run, t0)
         finally:
+            with self._lock:
+                self.spans[str(run.id)] = (t_claim, t0, time.perf_counter())
             self._wake.set()
 
     def _run(self, flow: Flow[Any, Any], run: FlowRun, t0: float) -> None:
-        from prefect.client.orchestration import get_client
+        from prefect.exceptions import Abort, Pause
         from prefect.flow_engine import run_flow
 
         from flows.suspension_watch import shared_observation
 
-        with get_client(sync_client=True) as client:
-            fresh = client.read_flow_run(run.id)
-        from prefect.exceptions import Abort, Pause
-
         try:
             with _without_engine_heartbeats(), shared_observation():
-                state = run_flow(flow, flow_run=fresh, return_type="state")
+                state = run_flow(flow, flow_run=run, return_type="state")
         except (Pause, Abort) as signal:
             # suspended (it resumes as a new execution) or aborted by the server: the run's
             # state is Prefect's to keep, not a crash

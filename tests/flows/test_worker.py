@@ -131,3 +131,80 @@ def test_hold_slot_waits_for_a_free_slot_and_gives_it_back(prefect_api_url: str)
     t.join(30)
     with get_client(sync_client=True) as client:
         assert client.read_global_concurrency_limit_by_name(name).active_slots == 0
+
+
+def _active(name: str) -> int:
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        return int(client.read_global_concurrency_limit_by_name(name).active_slots)
+
+
+def test_hold_slot_in_the_background(prefect_api_url: str) -> None:
+    """``wait=False``: the block starts at once and the slot is acquired meanwhile; a block that
+    ends first gives the slot back (or stops asking); ``release_in_background`` leaves the block
+    before the release, and :func:`wait_for_releases` waits for it."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from flows.concurrency_slot import wait_for_releases
+
+    name = f"cbctqa-test-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    with hold_slot(name, wait=False) as slot:
+        assert slot.wait(60) is slot and slot.lease_id is not None
+        assert slot.waited_s > 0 and slot.attempts >= 1
+        assert _active(name) == 1
+    assert _active(name) == 0  # released before the block was left
+    # a block that ends before its slot arrives: nothing stays held
+    for _ in range(3):
+        with hold_slot(name, wait=False):
+            pass
+    assert wait_for_releases(30)
+    assert _active(name) == 0
+    # full limit: the waiting block gives up its place when it ends, and never gets a slot
+    with hold_slot(name) as held:
+        with hold_slot(name, wait=False) as queued:
+            time.sleep(1.0)
+            assert not queued._ready.is_set()
+        assert _active(name) == 1 and held.lease_id is not None
+    with hold_slot(name, release_in_background=True):
+        assert _active(name) == 1
+    assert wait_for_releases(30)
+    assert _active(name) == 0
+    # what the acquisition raised is raised by wait()
+    with pytest.raises(ConcurrencyLimitMissing), hold_slot(f"{name}-missing", wait=False) as slot:
+        slot.wait(60)
+
+
+_CLIENTS_SEEN: list[int] = []
+
+
+@flow(name="cbctqa-test-client-user")
+def _client_user() -> None:
+    """Enters and leaves the context's Prefect client, as flows do with ``get_client``."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as client:
+        _CLIENTS_SEEN.append(id(client))
+
+
+def test_runs_share_the_workers_client(prefect_api_url: str) -> None:
+    """Every run of a worker uses the worker's one Prefect client, and a run that enters and
+    leaves it (``with get_client(...)``) does not close it for the others."""
+    from prefect.client.orchestration import get_client
+
+    dep_id = _client_user.to_deployment(name=f"client-{uuid.uuid4().hex[:8]}").apply()
+    worker = FlowRunWorker({dep_id: _client_user}, workers=2, poll_interval=0.2).start()
+    try:
+        with get_client(sync_client=True) as client:
+            runs = [client.create_flow_run_from_deployment(dep_id) for _ in range(4)]
+            _wait_for(lambda: all(_state(client, r.id).is_final() for r in runs), 120,
+                      "four runs to finish")  # fmt: skip
+            assert all(_state(client, r.id).is_completed() for r in runs)
+        assert _CLIENTS_SEEN[-4:] == [id(worker._client)] * 4
+        assert not worker._client._closed
+    finally:
+        worker.stop()
+    assert worker._client is None
