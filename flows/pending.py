@@ -131,7 +131,8 @@ def score_pending(
             with _gateway() as gw:
                 before = gw.read_assessments(project)
                 sessions = gw.list_sessions(project)
-            runs = discover_sessions(project)
+            with worker.engine_settings():
+                runs = discover_sessions(project)
             worker.wake()
             summary.runs = runs
             states = wait_for_runs([r["flow_run_id"] for r in runs], timeout=limit)

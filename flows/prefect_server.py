@@ -139,7 +139,7 @@ def start_server(
     home.mkdir(parents=True, exist_ok=True)
     api_url = f"http://127.0.0.1:{port}/api"
     log_path = home / f"cbctqa-prefect-server-{port}.log"
-    cmd = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+    cmd = [sys.executable, "-m", "flows.prefect_server_process", "server", "start", "--host", "127.0.0.1",
            "--port", str(port), "--analytics-off", "--ui" if ui else "--no-ui"]  # fmt: skip
     with log_path.open("ab") as log:
         process = subprocess.Popen(

@@ -31,9 +31,10 @@ import datetime as _dt
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
 from concurrent.futures import wait as futures_wait
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -165,6 +166,22 @@ class FlowRunWorker:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
+    @contextmanager
+    def engine_settings(self) -> Iterator[None]:
+        """For a flow called in this thread (not from a deployment): the settings and Prefect
+        client this worker's runs get. The engine's heartbeat thread is off (it sleeps in 1 s
+        steps and is joined at the end: ~0.5 s for a flow of a few hundred ms, such as
+        ``score-pending``'s discovery) and the worker's client is used, not a new one."""
+        from prefect.context import SyncClientContext
+
+        token = SyncClientContext.__var__.set(self._clients) if self._clients is not None else None
+        try:
+            with _without_engine_heartbeats():
+                yield
+        finally:
+            if token is not None:
+                SyncClientContext.__var__.reset(token)
+
     def wake(self) -> None:
         """Poll now (e.g. right after this process created runs) instead of at the next tick."""
         self._wake.set()
@@ -254,7 +271,10 @@ class FlowRunWorker:
             future.set_running_or_notify_cancel()
             try:
                 ctx.run(self._execute, flow, run, t_claim)
-            except BaseException as exc:  # _execute logs and marks; keep the thread quiet
+            except BaseException as exc:  # _run logs and marks crashes; anything else:
+                logger.error("%s: run %s (%s) could not be executed: %r", self._name, run.id,
+                             run.name, exc)  # fmt: skip
+                self._mark_crashed(str(run.id), f"the worker could not execute it: {exc!r}")
                 future.set_exception(exc)
             else:
                 future.set_result(None)

@@ -208,3 +208,23 @@ def test_runs_share_the_workers_client(prefect_api_url: str) -> None:
     finally:
         worker.stop()
     assert worker._client is None
+
+
+def test_a_run_the_worker_cannot_execute_is_marked_crashed(prefect_api_url: str) -> None:
+    """A claimed run is never left *Pending*: if executing it fails outside the engine, the
+    worker marks it crashed (discovery then starts a fresh run)."""
+    from prefect.client.orchestration import get_client
+
+    dep_id = _deploy(f"broken-{uuid.uuid4().hex[:8]}")
+    worker = FlowRunWorker({dep_id: nap}, workers=1, poll_interval=0.2)
+
+    def cannot(*_args: Any) -> None:
+        raise RuntimeError("no thread for it")
+
+    worker._execute = cannot  # type: ignore[method-assign]
+    with get_client(sync_client=True) as client, worker:
+        run = _run(client, dep_id, 0.1)
+        _wait_for(lambda: _state(client, run.id).is_final(), 120, "the run to be marked")
+        state = _state(client, run.id)
+    assert state.is_crashed(), state
+    assert "could not execute it" in (state.message or "") and "no thread for it" in state.message
