@@ -12,7 +12,7 @@ The transaction was rolled back when the 503 was sent, so the same request can b
 :class:`RetryBusy` does that in the server, around Prefect's own application: a plain HTTP
 request (not a websocket, not the UI) whose answer is ``503`` is sent to the application
 again after 20 ms, doubling to 0.2 s, for up to ``CBCTQA_PREFECT_BUSY_RETRY_S`` seconds
-(default 5); only then does the client see the 503 (and its own back-off applies). Request
+(default 5, :class:`qa_core.settings.Settings`); only then does the client see the 503 (and its own back-off applies). Request
 bodies are replayed from memory (API requests are small JSON documents).
 
 Run as ``python -m flows.prefect_server_process server start ...`` (the arguments of the
@@ -23,7 +23,6 @@ Prefect's: settings, database migrations, services, UI.
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -147,7 +146,9 @@ def _wrap_create_app(budget_s: float) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     """``prefect`` with ``argv`` (e.g. ``server start --port 4200``), busy answers retried."""
-    _wrap_create_app(float(os.environ.get("CBCTQA_PREFECT_BUSY_RETRY_S", "5")))
+    from qa_core.settings import get_settings
+
+    _wrap_create_app(get_settings().prefect_busy_retry_s)
     from prefect.cli import app
 
     sys.argv = ["prefect", *(sys.argv[1:] if argv is None else argv)]

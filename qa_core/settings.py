@@ -69,6 +69,10 @@ class Settings(BaseSettings):
     prefect_port: int = Field(4200, ge=1, le=65535)
     """Port of the local Prefect server started on 127.0.0.1 when ``PREFECT_API_URL`` is unset."""
 
+    prefect_busy_retry_s: float = Field(5.0, ge=0.0, le=120.0)
+    """Seconds the local Prefect server replays a request that its SQLite database answered
+    "busy" (``503``) before passing the 503 on (Prefect's clients wait 2 s and more to retry)."""
+
     max_attempts: int = Field(3, ge=1, le=20)
     """Scoring attempts per session and model version for transient trouble (XNAT 5xx, dropped
     connections, timeouts), counted over runs and discovery passes; then ``failed``."""
