@@ -136,19 +136,20 @@ def build_deployments(
 
 
 def register_deployments(
-    deployments: Sequence[RunnerDeployment], *, work_pool: str | None = None
+    deployments: Sequence[RunnerDeployment], *, work_pool: str | None = None, workers: int = 1
 ) -> dict[UUID, Flow[Any, Any]]:
     """Create or update the deployments (and their triggers) on the Prefect server.
 
     Returns deployment ID → flow, for :class:`flows.worker.FlowRunWorker`. Also creates the
-    global concurrency limit ``cbctqa-scoring`` when missing.
+    global concurrency limit ``cbctqa-scoring`` when missing (and warns when it has fewer
+    slots than the ``workers`` about to score).
     """
     from prefect.client.orchestration import get_client
 
     from flows.session_flows import ensure_concurrency_limits
 
     with get_client(sync_client=True) as client:
-        ensure_concurrency_limits(client)
+        ensure_concurrency_limits(client, workers=workers)
     out: dict[UUID, Flow[Any, Any]] = {}
     for dep in deployments:
         dep_id = cast("UUID", dep.apply(work_pool_name=work_pool) if work_pool else dep.apply())
@@ -240,7 +241,7 @@ def start_serving(
     try:
         api_url = stack.enter_context(prefect_api(port=port, ui=ui))
         deps = register_deployments(
-            build_deployments(projects, poll_interval=interval, monitor=monitor)
+            build_deployments(projects, poll_interval=interval, monitor=monitor), workers=workers
         )
         scoring = {k: f for k, f in deps.items() if f.name == "score_session"}
         light = {k: f for k, f in deps.items() if f.name != "score_session"}

@@ -120,7 +120,8 @@ def score_pending(
     settings = get_settings()
     version = model_version(worker_model())
     deps = register_deployments(
-        build_deployments(projects, poll_interval=settings.poll_interval_s, monitor=False)
+        build_deployments(projects, poll_interval=settings.poll_interval_s, monitor=False),
+        workers=workers,
     )
     scoring = {k: f for k, f in deps.items() if f.name == "score_session"}
     limit = timeout or settings.session_timeout_s * 4

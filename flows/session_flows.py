@@ -192,23 +192,32 @@ def scratch_dir() -> Path:
     return path
 
 
-def ensure_concurrency_limits(client: SyncPrefectClient) -> None:
+def ensure_concurrency_limits(client: SyncPrefectClient, *, workers: int = 1) -> int:
     """Create the global concurrency limit ``cbctqa-scoring`` if missing
-    (``CBCTQA_SCORING_CONCURRENCY`` slots); an existing limit is left as an admin set it."""
+    (``CBCTQA_SCORING_CONCURRENCY`` slots); an existing limit is left as an admin set it.
+    Returns its slots, and warns when ``workers`` scoring threads are more than it lets
+    score at once."""
     from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
     from prefect.exceptions import ObjectNotFound
 
     try:
-        client.read_global_concurrency_limit_by_name(SCORING_LIMIT)
+        slots = int(client.read_global_concurrency_limit_by_name(SCORING_LIMIT).limit)
     except ObjectNotFound:
+        slots = get_settings().scoring_concurrency
         try:
             client.create_global_concurrency_limit(
-                GlobalConcurrencyLimitCreate(
-                    name=SCORING_LIMIT, limit=get_settings().scoring_concurrency
-                )
+                GlobalConcurrencyLimitCreate(name=SCORING_LIMIT, limit=slots)
             )
         except ObjectAlreadyExists:
             pass  # created concurrently by another process
+    if workers > slots:
+        logger.warning(
+            "the Prefect global concurrency limit %s has %d slot(s): at most %d of the %d "
+            "workers score at once (it caps all workers together); raise it with "
+            "`prefect gcl update %s --limit %d` if this machine and XNAT can take more",
+            SCORING_LIMIT, slots, slots, workers, SCORING_LIMIT, workers,
+        )  # fmt: skip
+    return slots
 
 
 # ---------------------------------------------------------------------- tasks

@@ -228,3 +228,23 @@ def test_a_run_the_worker_cannot_execute_is_marked_crashed(prefect_api_url: str)
         state = _state(client, run.id)
     assert state.is_crashed(), state
     assert "could not execute it" in (state.message or "") and "no thread for it" in state.message
+
+
+def test_more_workers_than_scoring_slots_is_said(
+    prefect_api_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The limit is left as it is (an admin may have set it), but a pass with more workers than
+    slots says so, with the command that raises it."""
+    from prefect.client.orchestration import get_client
+
+    from flows.session_flows import SCORING_LIMIT, ensure_concurrency_limits
+
+    with get_client(sync_client=True) as client:
+        slots = ensure_concurrency_limits(client)
+        assert slots == client.read_global_concurrency_limit_by_name(SCORING_LIMIT).limit
+        assert not [r for r in caplog.records if "workers score at once" in r.getMessage()]
+        with caplog.at_level("WARNING", logger="flows.session_flows"):
+            assert ensure_concurrency_limits(client, workers=slots + 3) == slots
+        assert client.read_global_concurrency_limit_by_name(SCORING_LIMIT).limit == slots
+    said = [r.getMessage() for r in caplog.records if "workers score at once" in r.getMessage()]
+    assert said and f"prefect gcl update {SCORING_LIMIT} --limit {slots + 3}" in said[0]
