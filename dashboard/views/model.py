@@ -88,11 +88,17 @@ def render() -> None:
         snap = None
     if snap is not None and snap.assessments:
         versions = data.model_versions(snap)
-        shas = {a.record.model_version: a.record.model_sha256 for a in snap.assessments}
+        mine = {card.get("version"), f"sha-{sha[:12]}"} - {None, "sha-"}
+        # queued and failed assessments carry the version only: the hash comes from a complete
+        # one, or from this card when the version is this card's
+        shas = {v: sha for v in versions if v in mine and sha}
+        for a in snap.assessments:
+            if a.record.model_sha256:
+                shas.setdefault(a.record.model_version, a.record.model_sha256)
         st.subheader(f"Model versions in {snap.project}")
         st.dataframe(pd.DataFrame([{"model version": v, "SHA-256": shas.get(v, ""),
-                                    "this card": "yes" if v in (card.get("version"), f"sha-{sha[:12]}")
-                                    or shas.get(v, "") == sha else "no"} for v in versions]),
+                                    "this card": "yes" if v in mine or (sha and shas.get(v) == sha)
+                                    else "no"} for v in versions]),
                      hide_index=True, width="stretch", key="md_versions")  # fmt: skip
     md = card_path.with_name("MODEL_CARD.md")
     if md.is_file():

@@ -9,6 +9,7 @@ gateway as the site administrator.
 
 from __future__ import annotations
 
+import re
 import socket
 from collections.abc import Iterator
 from pathlib import Path
@@ -153,6 +154,9 @@ def test_every_page_renders(xnat_env: QaCohort, page: str) -> None:
     elif page == "model":
         table = at.dataframe[0].value
         assert "held-out ρ" in table.columns and len(table) == 5
+        versions = next(d.value for d in at.dataframe if "model version" in d.value.columns)
+        assert len(versions) >= 1 and set(versions["this card"]) == {"yes"}
+        assert all(re.fullmatch(r"[0-9a-f]{64}", h) for h in versions["SHA-256"]), versions
 
 
 def test_case_of_a_failed_session_says_why(xnat_env: QaCohort) -> None:
