@@ -147,17 +147,19 @@ class FlowRunWorker:
                                self._grace)  # fmt: skip
                 self._mark_crashed(run_id, "the worker was stopped before the run finished")
         from flows.concurrency_slot import wait_for_releases
-        from flows.prefect_requests import close_owned_client
 
         wait_for_releases(10.0)  # scoring slots the runs gave back in the background
-        self._close_client(close_owned_client)
+        self._close_client()
 
-    def _close_client(self, close: Any) -> None:
+    def _close_client(self) -> None:
+        """Leave the runs' client context and close the worker's client."""
+        from flows.prefect_requests import close_owned_client
+
         if self._clients is not None:
             self._context.run(self._clients.__exit__, None, None, None)
             self._clients = None
         if self._client is not None:
-            close(self._client)
+            close_owned_client(self._client)
             self._client = None
 
     def __enter__(self) -> FlowRunWorker:
