@@ -1,6 +1,7 @@
 """The Prefect API the services talk to: ``PREFECT_API_URL`` if set, else a local server.
 
-With ``PREFECT_API_URL`` unset, :func:`prefect_api` starts ``prefect server start`` on
+With ``PREFECT_API_URL`` unset, :func:`prefect_api` starts ``prefect server start`` (through
+:mod:`flows.prefect_server_process`, which replays requests SQLite answered "busy") on
 ``127.0.0.1:CBCTQA_PREFECT_PORT`` (default 4200) with its SQLite database under
 ``PREFECT_HOME`` (Prefect's own variable, default ``~/.prefect``) and analytics off, or joins
 one that another ``cbctqa`` process of the same ``PREFECT_HOME`` already started. Users are
