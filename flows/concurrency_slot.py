@@ -74,10 +74,14 @@ class SlotLease:
         self._cancelled = threading.Event()
 
     def wait(self, timeout: float | None = None) -> SlotLease:
-        """Block until the slot is held; re-raises the acquisition's error."""
+        """Block until the slot is held; re-raises the acquisition's error. Waits in short
+        steps, so that an exception raised into this thread (Prefect's flow timeout does that
+        for flows run in threads) is not held up until the slot arrives."""
         t0 = time.perf_counter()
-        if not self._ready.wait(timeout):
-            raise TimeoutError(f"no slot within {timeout} s")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._ready.wait(0.25):
+            if deadline is not None and time.monotonic() > deadline:
+                raise TimeoutError(f"no slot within {timeout} s")
         self.blocked_s += time.perf_counter() - t0
         if self._error is not None:
             raise self._error

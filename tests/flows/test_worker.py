@@ -248,3 +248,31 @@ def test_more_workers_than_scoring_slots_is_said(
         assert client.read_global_concurrency_limit_by_name(SCORING_LIMIT).limit == slots
     said = [r.getMessage() for r in caplog.records if "workers score at once" in r.getMessage()]
     assert said and f"prefect gcl update {SCORING_LIMIT} --limit {slots + 3}" in said[0]
+
+
+@flow(name="cbctqa-test-slot-waiter", timeout_seconds=1)
+def _slot_waiter(name: str) -> None:
+    with hold_slot(name, wait=False) as slot:
+        slot.wait()
+
+
+def test_a_run_waiting_for_a_slot_still_times_out(prefect_api_url: str) -> None:
+    """Waiting for a slot does not hold off Prefect's flow timeout (raised into the run's
+    thread), as a run waiting on a full limit in a worker thread would."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    name = f"cbctqa-test-{uuid.uuid4().hex[:8]}"
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+    states: list[Any] = []
+    with hold_slot(name):  # the limit is full while the flow waits
+        runner = threading.Thread(target=contextvars.copy_context().run,
+                                  args=(lambda: states.append(_slot_waiter(name, return_state=True)),))  # fmt: skip
+        t0 = time.monotonic()
+        runner.start()
+        runner.join(60)
+    assert states, "the flow did not end"
+    assert time.monotonic() - t0 < 30
+    assert states[0].name == "TimedOut", states[0]
+    assert _active(name) == 0
