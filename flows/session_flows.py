@@ -9,10 +9,10 @@ Thin over :mod:`flows.scoring` and the gateway:
     assessment ``queued`` (one task, retried with backoff on transient trouble only), waits
     for the slot, then download, ``load_series``, ``attribute_volume``, products and
     write-back (``running`` → resources → ``complete``) as one task retried on transient
-    trouble, and emits ``cbctqa.session.scored``; the slot is given back in the background. Bad data ends
-    as a ``failed`` assessment whose reason is final until the session changes; transient
-    trouble that outlives the task's retries ends as ``failed`` with ``attempt k of N, will
-    retry`` for the next discovery pass (up to ``CBCTQA_MAX_ATTEMPTS``). The flow run itself
+    trouble, and emits ``cbctqa.session.scored``; the slot is given back in the background.
+    Bad data ends as a ``failed`` assessment whose reason is final until the session
+    changes; transient trouble that outlives the task's retries ends as ``failed`` with
+    ``attempt k of N, will retry`` for the next discovery pass (up to ``CBCTQA_MAX_ATTEMPTS``). The flow run itself
     completes either way (the session was handled and the outcome is in XNAT); it fails only
     when even the failure could not be recorded, and discovery then starts a fresh run.
 
